@@ -1,0 +1,449 @@
+"""The noise-prediction network eps_theta(x_t, t, cond): the DDPM U-Net (Ho et al. 2020, Appendix B).
+
+A PixelCNN++-style U-Net: at each resolution ``num_res_blocks`` residual blocks (with self-attention at the
+resolutions in ``attn_resolutions``), then a 2x down-sampling; a middle block (res, attention, res); the
+mirror-image up path whose blocks also take the matching down-path activations (skip connections,
+concatenated on the channel axis); GroupNorm everywhere. The timestep enters through a sinusoidal
+embedding and an MLP, and is added inside every residual block; an optional condition (class label or
+text prompt, see ``ddpm.nn.conditioning``) is added to that same embedding.
+
+The network knows nothing about betas: it maps ([B, C, H, W] noisy images, [B] timestep indices) to a
+[B, C, H, W] prediction, whatever ``GaussianDiffusion`` does with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ddpm.nn.conditioning import ClassConditioner, TextConditioner, Tokenizer, attention
+from ddpm.nn.embeddings import TimestepEmbedding
+
+CondMode = Literal["none", "class", "text"]
+
+
+def _near_multiples(size: int, factor: int) -> str:
+    """The multiples of ``factor`` just below and above ``size``, e.g. (30, 4) -> "28, 32"."""
+    below = (size // factor) * factor
+    return ", ".join(str(s) for s in (below, below + factor) if s > 0)
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of the U-Net. The defaults are the paper's CIFAR-10 model (preset "ddpm-cifar10").
+
+    Resolutions: level i of the U-Net works at ``image_size // 2**i`` for i < len(ch_mult), with
+    ``ch * ch_mult[i]`` channels, so ``image_size`` must be divisible by ``2 ** (len(ch_mult) - 1)``.
+    """
+
+    in_channels: int = 3
+    image_size: int = 32
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    num_groups: int = 32  # GroupNorm groups; must divide every channel count
+    film: bool = False  # FiLM scale-shift h * (1 + s) + b instead of the paper's additive h + b
+    cond: CondMode = "none"
+    num_classes: int = 10  # for cond="class"
+    vocab: tuple[str, ...] = ()  # for cond="text": the words (special tokens are added by the Tokenizer)
+    max_prompt_len: int = 8
+    text_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    cross_attn_resolutions: tuple[int, ...] = ()  # text cross-attention at these resolutions
+    cond_drop_prob: float = 0.1  # per-sample condition dropout for classifier-free guidance (train mode)
+
+    def __post_init__(self) -> None:
+        # Accept lists for tuple fields (e.g. from JSON or overrides) but store tuples: the config is frozen.
+        for f in ("ch_mult", "attn_resolutions", "vocab", "cross_attn_resolutions"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+        if self.cond not in get_args(CondMode):
+            raise ValueError(f"unknown cond {self.cond!r}; choose one of {get_args(CondMode)}")
+        if self.in_channels < 1 or self.ch < 1 or self.num_res_blocks < 1 or not self.ch_mult:
+            raise ValueError(
+                f"in_channels, ch and num_res_blocks must be >= 1 and ch_mult non-empty, got "
+                f"in_channels={self.in_channels}, ch={self.ch}, num_res_blocks={self.num_res_blocks}, "
+                f"ch_mult={self.ch_mult}"
+            )
+        factor = self.downsample_factor
+        if self.image_size % factor != 0:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by {factor} ({len(self.ch_mult) - 1} "
+                f"down-samplings in ch_mult={self.ch_mult}); valid sizes near it: "
+                f"{_near_multiples(self.image_size, factor)}"
+            )
+        channels = sorted({self.ch, *(self.ch * m for m in self.ch_mult)})
+        for c in channels:
+            if c % self.num_groups != 0:
+                raise ValueError(
+                    f"num_groups={self.num_groups} does not divide the channel count {c} (ch={self.ch}, "
+                    f"ch_mult={self.ch_mult}); GroupNorm needs one of: {_divisors(math.gcd(*channels))}"
+                )
+        for name in ("attn_resolutions", "cross_attn_resolutions"):
+            missing = [r for r in getattr(self, name) if r not in self.resolutions]
+            if missing:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} includes {missing}, not a resolution of this U-Net "
+                    f"{self.resolutions} (image_size={self.image_size}, ch_mult={self.ch_mult})"
+                )
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.cond_drop_prob <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1) and cond_drop_prob in [0, 1], got {self.dropout}, "
+                             f"{self.cond_drop_prob}")
+        if self.cond == "class" and self.num_classes < 1:
+            raise ValueError(f"cond='class' needs num_classes >= 1, got {self.num_classes}")
+        if self.cond == "text" and not self.vocab:
+            raise ValueError("cond='text' needs a vocabulary: pass vocab=MNIST_CAPTION_VOCAB or "
+                             "Tokenizer.from_captions(captions).vocab")
+        if self.cross_attn_resolutions and self.cond != "text":
+            raise ValueError(f"cross_attn_resolutions={self.cross_attn_resolutions} needs cond='text', "
+                             f"got cond={self.cond!r}")
+
+    @property
+    def downsample_factor(self) -> int:
+        """How much the image shrinks from the top level to the bottom: 2 ** (len(ch_mult) - 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Side length at each level, e.g. (32, 16, 8, 4) for the CIFAR-10 model."""
+        return tuple(self.image_size // 2**i for i in range(len(self.ch_mult)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        """Inverse of ``to_dict``; missing keys take the defaults, unknown keys raise."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown UNetConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ResBlock(nn.Module):
+    """Residual block with the time (+ condition) embedding injected.
+
+    x [B, Cin, H, W], emb [B, E] -> [B, Cout, H, W]:
+
+    h = conv1(SiLU(GN(x)))
+    additive (paper):  h = GN(h + W SiLU(emb))
+    FiLM:              h = GN(h) * (1 + s) + b,   [s, b] = W SiLU(emb)
+    out = skip(x) + conv2(dropout(SiLU(h)))      (conv2 starts at zero, so the block starts as identity)
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int, film: bool):
+        super().__init__()
+        self.film = film
+        self.norm1 = nn.GroupNorm(num_groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if film else out_ch)
+        self.norm2 = nn.GroupNorm(num_groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        # A 1x1 conv ("network-in-network") matches channels on the skip path when they change.
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb_proj(F.silu(emb))
+        if self.film:
+            scale, shift = rearrange(e, "b (two c) -> two b c 1 1", two=2)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + rearrange(e, "b c -> b c 1 1"))
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the H*W positions, as in the paper.  [B, C, H, W] -> [B, C, H, W].
+
+    x + proj(softmax(q k^T / sqrt(C)) v),  q, k, v = 1x1 convs of GN(x); proj starts at zero.
+    """
+
+    def __init__(self, ch: int, num_groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(num_groups, ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H = x.shape[2]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three c) h w -> three b (h w) c", three=3)
+        a = attention(q, k, v)  # [B, H*W, C]
+        return x + self.proj_out(rearrange(a, "b (h w) c -> b c h w", h=H))
+
+
+class CrossAttention(nn.Module):
+    """Image positions attend to the text tokens.
+
+    x [B, C, H, W], context [B, L, D] (the encoded prompt), mask [B, L] (False at <pad>) -> [B, C, H, W]:
+    x + proj(softmax(q k^T / sqrt(C)) v),  q = 1x1 conv of GN(x), k, v = linear maps of the tokens.
+    """
+
+    def __init__(self, ch: int, context_dim: int, num_groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(num_groups, ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        H = x.shape[2]
+        q = rearrange(self.q(self.norm(x)), "b c h w -> b (h w) c")
+        k, v = rearrange(self.kv(context), "b l (two c) -> two b l c", two=2)
+        a = attention(q, k, v, key_mask=mask)  # [B, H*W, C]
+        return x + self.proj_out(rearrange(a, "b (h w) c -> b c h w", h=H))
+
+
+class Downsample(nn.Module):
+    """3x3 conv with stride 2: [B, C, H, W] -> [B, C, H/2, W/2]."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x then a 3x3 conv: [B, C, H, W] -> [B, C, 2H, 2W]."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class ResAttnBlock(nn.Module):
+    """One step of a U-Net level: ResBlock, then self-attention and text cross-attention where enabled."""
+
+    def __init__(self, res: ResBlock, attn: SelfAttention | None, cross: CrossAttention | None):
+        super().__init__()
+        self.res = res
+        self.attn = attn
+        self.cross = cross
+
+    def forward(self, h: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
+        h = self.res(h, emb)
+        if self.attn is not None:
+            h = self.attn(h)
+        if self.cross is not None:
+            h = self.cross(h, context, mask)
+        return h
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The U-Net
+# ---------------------------------------------------------------------------------------------------------
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, cond): [B, C, H, W] noisy images and [B] timesteps -> [B, C, H, W].
+
+    Built from a :class:`UNetConfig`; ``UNet.from_preset(name, **overrides)`` for the named ones in
+    ``UNET_PRESETS``.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = c = config
+        emb_dim = 4 * c.ch
+        self.time_embed = TimestepEmbedding(c.ch, emb_dim)
+
+        self.conditioner: ClassConditioner | TextConditioner | None = None
+        self.tokenizer: Tokenizer | None = None
+        if c.cond == "class":
+            self.conditioner = ClassConditioner(c.num_classes, emb_dim)
+        elif c.cond == "text":
+            self.tokenizer = Tokenizer(c.vocab)
+            self.conditioner = TextConditioner(
+                self.tokenizer, c.max_prompt_len, c.text_dim, c.text_layers, c.text_heads, emb_dim
+            )
+
+        def block(in_ch: int, out_ch: int, res: int) -> ResAttnBlock:
+            return ResAttnBlock(
+                ResBlock(in_ch, out_ch, emb_dim, c.dropout, c.num_groups, c.film),
+                SelfAttention(out_ch, c.num_groups) if res in c.attn_resolutions else None,
+                CrossAttention(out_ch, c.text_dim, c.num_groups) if res in c.cross_attn_resolutions else None,
+            )
+
+        self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
+
+        # Down path; skip_chs records the channels of every activation the up path will concatenate.
+        self.down = nn.ModuleList()
+        skip_chs, ch = [c.ch], c.ch
+        for i, (mult, res) in enumerate(zip(c.ch_mult, c.resolutions, strict=True)):
+            level = nn.Module()
+            level.blocks = nn.ModuleList()
+            for _ in range(c.num_res_blocks):
+                level.blocks.append(block(ch, c.ch * mult, res))
+                ch = c.ch * mult
+                skip_chs.append(ch)
+            level.downsample = Downsample(ch) if i < len(c.ch_mult) - 1 else None
+            if level.downsample is not None:
+                skip_chs.append(ch)
+            self.down.append(level)
+
+        # Middle block at the lowest resolution: res, self-attention (always, as in the paper), res.
+        cross_mid = c.resolutions[-1] in c.cross_attn_resolutions
+        self.mid = nn.ModuleList([
+            ResAttnBlock(
+                ResBlock(ch, ch, emb_dim, c.dropout, c.num_groups, c.film),
+                SelfAttention(ch, c.num_groups),
+                CrossAttention(ch, c.text_dim, c.num_groups) if cross_mid else None,
+            ),
+            ResAttnBlock(ResBlock(ch, ch, emb_dim, c.dropout, c.num_groups, c.film), None, None),
+        ])
+
+        # Up path: one more block per level than on the way down, to consume the down-sampling's output too.
+        self.up = nn.ModuleList()
+        for i in reversed(range(len(c.ch_mult))):
+            level = nn.Module()
+            level.blocks = nn.ModuleList()
+            for _ in range(c.num_res_blocks + 1):
+                level.blocks.append(block(ch + skip_chs.pop(), c.ch * c.ch_mult[i], c.resolutions[i]))
+                ch = c.ch * c.ch_mult[i]
+            level.upsample = Upsample(ch) if i > 0 else None
+            self.up.append(level)
+
+        self.norm_out = nn.GroupNorm(c.num_groups, ch)
+        self.conv_out = nn.Conv2d(ch, c.in_channels, 3, padding=1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """As in the paper's code: Xavier-uniform ("fan_avg") weights, zero biases, and zero for the last
+        layer of every residual branch and of the network, so each block starts as the identity and the
+        initial prediction is eps_theta = 0 (the L_simple loss starts at E[eps^2] = 1)."""
+        for name, m in self.named_modules():
+            if name.startswith("conditioner"):
+                continue  # the conditioners keep their own init (embedding tables, LayerNorms)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                nn.init.zeros_(m.conv2.weight)
+            elif isinstance(m, (SelfAttention, CrossAttention)):
+                nn.init.zeros_(m.proj_out.weight)
+        nn.init.zeros_(self.conv_out.weight)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> UNet:
+        """A U-Net from ``UNET_PRESETS[name]``, with ``overrides`` replacing config fields."""
+        if name not in UNET_PRESETS:
+            raise ValueError(f"unknown U-Net preset {name!r}; known presets: {sorted(UNET_PRESETS)}")
+        fields = {f.name for f in dataclasses.fields(UNetConfig)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown UNetConfig field(s) {unknown}; valid fields: {sorted(fields)}")
+        return cls(dataclasses.replace(UNET_PRESETS[name], **overrides))
+
+    def _check_inputs(self, x: Tensor, t: Tensor) -> Tensor:
+        c = self.config
+        if x.ndim != 4:
+            raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
+        B, C, H, W = x.shape
+        if C != c.in_channels:
+            raise ValueError(
+                f"x has {C} channels but the U-Net was built for in_channels={c.in_channels}; "
+                f"build it with in_channels={C}, e.g. UNet.from_preset(name, in_channels={C})"
+            )
+        f = c.downsample_factor
+        for side in (H, W):
+            if side % f != 0:
+                raise ValueError(
+                    f"image size {H}x{W} is not divisible by {f} ({len(c.ch_mult) - 1} down-samplings in "
+                    f"ch_mult={c.ch_mult}); valid sizes near it: {_near_multiples(side, f)}"
+                )
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(B)  # one timestep for the whole batch
+        if t.shape != (B,):
+            raise ValueError(f"t must have shape [B] = [{B}] (or be a scalar), got {tuple(t.shape)}")
+        return t
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """x [B, C, H, W], t [B] (int64 indices 0..T-1, or float), cond -> [B, C, H, W].
+
+        cond: None = the learned null condition for every sample (unconditional); for cond="class" a
+        LongTensor [B] of labels (-1 = null for that sample); for cond="text" a list of B prompts
+        ("" = null) or a LongTensor [B, L] of token ids. In train mode each sample's condition is replaced by
+        the null one with probability ``config.cond_drop_prob`` (classifier-free guidance training).
+        """
+        t = self._check_inputs(x, t)
+        emb = self.time_embed(t)  # [B, 4ch]
+        context = mask = None
+        if self.conditioner is None:
+            if cond is not None:
+                raise ValueError("this U-Net is unconditional (cond='none'); call it with cond=None, "
+                                 "or build it with cond='class' or cond='text'")
+        else:
+            ids = self.conditioner.to_ids(cond, x.shape[0], x.device)
+            if self.training and cond is not None and self.config.cond_drop_prob > 0:
+                drop = torch.rand(x.shape[0], device=x.device) < self.config.cond_drop_prob  # per sample
+                ids = self.conditioner.replace_with_null(ids, drop)
+            if isinstance(self.conditioner, TextConditioner):
+                cvec, context, mask = self.conditioner(ids)  # [B, 4ch], [B, L, D], [B, L]
+            else:
+                cvec = self.conditioner(ids)  # [B, 4ch]
+            emb = emb + cvec
+
+        h = self.conv_in(x)
+        hs = [h]
+        for level in self.down:
+            for blk in level.blocks:
+                h = blk(h, emb, context, mask)
+                hs.append(h)
+            if level.downsample is not None:
+                h = level.downsample(h)
+                hs.append(h)
+        for blk in self.mid:
+            h = blk(h, emb, context, mask)
+        for level in self.up:
+            for blk in level.blocks:
+                h = blk(torch.cat([h, hs.pop()], dim=1), emb, context, mask)
+            if level.upsample is not None:
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------------------------
+
+UNET_PRESETS: dict[str, UNetConfig] = {
+    "ddpm-cifar10": UNetConfig(),
+    "tiny": UNetConfig(
+        in_channels=1, image_size=28, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+        dropout=0.0, num_groups=4,
+    ),
+}
