@@ -294,9 +294,15 @@ class GaussianDiffusion(nn.Module):
         and the discretized decoder L_0 = -log p(x0 | x_1) where t == 0."""
         true_mean, _, true_log_var = self.q_posterior(x0, x_t, t)
         out = self.p_mean_variance(model_output, x_t, t, clip_denoised, variance)
-        kl = normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]).flatten(1).mean(dim=1)
-        nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"]).flatten(1).mean(dim=1)
-        return torch.where(t == 0, nll, kl) / math.log(2.0)
+        first = t == 0
+        terms = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+        if not bool(first.all()):
+            kl = normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]).flatten(1).mean(dim=1)
+            terms = torch.where(first, terms, kl)
+        if bool(first.any()):  # the decoder only where t == 0 (it costs an erf and logs per pixel)
+            nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"]).flatten(1).mean(1)
+            terms = torch.where(first, nll, terms)
+        return terms / math.log(2.0)
 
     @torch.no_grad()
     def bits_per_dim(self, model, x0: Tensor, cond=None, variance: Variance = "fixed_large",
