@@ -1,0 +1,7 @@
+"""python -m ddpm -> ddpm.cli.main()"""
+
+import sys
+
+from ddpm.cli import main
+
+sys.exit(main())

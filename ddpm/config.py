@@ -1,0 +1,204 @@
+"""Configuration: one frozen dataclass per component, a Config that holds them, and named presets.
+
+    from ddpm.config import get_preset
+    config = get_preset("mnist", steps=500)          # top-level TrainConfig fields as overrides
+    config.to_dict() / Config.from_dict(d)           # plain dicts for config.json and checkpoints
+
+No globals are mutated and nothing is read from the environment: a run is fully described by its Config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from ddpm.diffusion import PREDICTIONS, check_mode
+from ddpm.nn.conditioning import MNIST_CAPTION_VOCAB
+from ddpm.nn.mlp import MLPConfig
+from ddpm.nn.unet import UNET_PRESETS, UNetConfig
+from ddpm.schedules import SCHEDULES
+
+DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "toy2d"]
+Optimizer = Literal["adam", "adamw"]
+LRSchedule = Literal["constant", "cosine"]
+
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset", "preset_names"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training images come from."""
+
+    dataset: DatasetName = "mnist"
+    root: str = "data"
+    hflip: bool = False  # random horizontal flips (the paper's CIFAR-10 augmentation; not for digits)
+    toy: str = "swiss-roll"  # for dataset="toy2d": see ddpm.datasets.TOY2D_NAMES
+    toy_size: int = 20000  # points drawn for a 2D toy data set
+
+    def __post_init__(self) -> None:
+        check_mode(self.dataset, get_args(DatasetName), "dataset")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and the parameterization (defaults: the paper's)."""
+
+    schedule: str = "linear"
+    T: int = 1000
+    prediction: str = "eps"
+    zero_terminal_snr: bool = False
+    min_snr_gamma: float | None = None  # Hang et al. 2023 loss weighting (5.0 is theirs); None = L_simple
+
+    def __post_init__(self) -> None:
+        check_mode(self.schedule, tuple(SCHEDULES), "schedule")
+        check_mode(self.prediction, PREDICTIONS, "prediction")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimization and bookkeeping of a training run (defaults: the paper's CIFAR-10 run)."""
+
+    steps: int = 800_000
+    batch_size: int = 128  # global batch (split across DDP ranks)
+    lr: float = 2e-4
+    optimizer: Optimizer = "adam"
+    weight_decay: float = 0.0
+    warmup: int = 5000  # linear LR warmup steps
+    lr_schedule: LRSchedule = "constant"  # after warmup: constant (paper) or cosine decay to 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay_k = min(ema_decay, (1 + k) / (10 + k)): early EMA is not stale noise
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 0  # write a sample grid every N steps (0: only at the end)
+    ckpt_every: int = 1000
+    sample_steps: int = 50  # DDIM steps for the grids written during training
+    guidance: float = 2.0  # guidance scale for those grids (conditional models)
+    compile: bool = False  # torch.compile the model
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+
+    def __post_init__(self) -> None:
+        check_mode(self.optimizer, get_args(Optimizer), "optimizer")
+        check_mode(self.lr_schedule, get_args(LRSchedule), "lr_schedule")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps}, {self.batch_size}, "
+                             f"{self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run: data, network, diffusion and training."""
+
+    preset: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: UNetConfig | MLPConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def model_kind(self) -> str:
+        return "mlp" if isinstance(self.model, MLPConfig) else "unet"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-able dict (what config.json and checkpoints store)."""
+        return {
+            "preset": self.preset,
+            "data": dataclasses.asdict(self.data),
+            "model": {"kind": self.model_kind, **self.model.to_dict()},
+            "diffusion": dataclasses.asdict(self.diffusion),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        model = dict(d["model"])
+        kind = model.pop("kind", "unet")
+        model_cls = {"unet": UNetConfig, "mlp": MLPConfig}[check_mode(kind, ("unet", "mlp"), "model kind")]
+        return cls(
+            preset=d["preset"],
+            data=_build(DataConfig, d["data"]),
+            model=model_cls.from_dict(model),
+            diffusion=_build(DiffusionConfig, d["diffusion"]),
+            train=_build(TrainConfig, d["train"]),
+        )
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with fields replaced; keys may name a section (data=..., model=...) or any field of
+        TrainConfig, DataConfig, DiffusionConfig or the model config (e.g. steps=500, cond="text")."""
+        sections = {"data": self.data, "model": self.model, "diffusion": self.diffusion, "train": self.train}
+        top = {}
+        for key, value in overrides.items():
+            if key in ("preset", *sections):
+                top[key] = value
+                continue
+            owners = [name for name, obj in sections.items() if key in {f.name for f in dataclasses.fields(obj)}]
+            if not owners:
+                known = sorted({f.name for obj in sections.values() for f in dataclasses.fields(obj)})
+                raise ValueError(f"unknown config field {key!r}; known fields: {', '.join(known)}")
+            name = owners[0]
+            sections[name] = dataclasses.replace(sections[name], **{key: value})
+        sections.update({k: v for k, v in top.items() if k != "preset"})
+        return Config(preset=top.get("preset", self.preset), **sections)
+
+
+def _build(cls, d: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
+    return cls(**d)
+
+
+def _mnist_like(preset: str, dataset: str, cond: str, **train) -> Config:
+    model = dataclasses.replace(UNET_PRESETS["mnist"], cond=cond,
+                                vocab=MNIST_CAPTION_VOCAB if cond == "text" else ())
+    return Config(preset=preset, data=DataConfig(dataset=dataset), model=model,
+                  train=TrainConfig(**{**_MNIST_TRAIN, **train}))
+
+
+# A short CPU run: high learning rate with a short warmup and cosine decay, a fast-settling EMA, and
+# a step count that fits about 10 minutes on a 2-core laptop CPU (see README: "What to expect").
+_MNIST_TRAIN = dict(steps=2000, batch_size=128, lr=2e-3, optimizer="adamw", warmup=100, lr_schedule="cosine",
+                    ema_decay=0.995, log_every=25, sample_every=500, ckpt_every=250, sample_steps=50,
+                    guidance=2.0)
+
+PRESETS: dict[str, Config] = {
+    "mnist": _mnist_like("mnist", "mnist", "class"),
+    "mnist-text": _mnist_like("mnist-text", "mnist", "text"),
+    "fashion-mnist": _mnist_like("fashion-mnist", "fashion-mnist", "class", steps=4000),
+    "cifar10": Config(
+        preset="cifar10", data=DataConfig(dataset="cifar10", hflip=True),
+        model=dataclasses.replace(UNET_PRESETS["ddpm-cifar10"], ch=64, cond="class"),
+        train=TrainConfig(steps=100_000, lr=2e-4, warmup=1000, ema_decay=0.9995, sample_every=5000,
+                          ckpt_every=5000, log_every=100)),
+    "ddpm-cifar10": Config(
+        preset="ddpm-cifar10", data=DataConfig(dataset="cifar10", hflip=True),
+        model=UNET_PRESETS["ddpm-cifar10"],
+        train=TrainConfig(sample_every=20_000, ckpt_every=5000, log_every=100, guidance=1.0)),
+    "toy2d": Config(
+        preset="toy2d", data=DataConfig(dataset="toy2d"), model=MLPConfig(),
+        diffusion=DiffusionConfig(schedule="linear", T=200),
+        train=TrainConfig(steps=3000, batch_size=512, lr=2e-3, warmup=50, lr_schedule="cosine",
+                          ema_decay=0.99, log_every=100, sample_every=0, ckpt_every=1000, sample_steps=200,
+                          guidance=1.0)),
+    "tiny": Config(  # for tests: seconds on a CPU
+        preset="tiny", data=DataConfig(dataset="mnist"),
+        model=dataclasses.replace(UNET_PRESETS["tiny"], in_channels=1, image_size=28, cond="class"),
+        diffusion=DiffusionConfig(T=100),
+        train=TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup=5, ema_decay=0.9, log_every=5,
+                          sample_every=0, ckpt_every=10, sample_steps=5, guidance=2.0)),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str, **overrides: Any) -> Config:
+    """The named preset, with overrides (see Config.replace). Unknown names raise, listing the known ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
