@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "CIFAR10",
@@ -51,6 +51,7 @@ __all__ = [
     "DATASET_NAMES",
     "FASHION_MNIST",
     "MNIST",
+    "MNIST_LABEL_NAMES",
     "TOY2D_NAMES",
     "BatchLoader",
     "Cifar10Source",
@@ -329,9 +330,10 @@ def _fetch_all(files: Sequence[tuple[Path, Sequence[str], str | None]], what: st
                 for d, u, m in files[i:]
             )
             failed = "\n".join(f"  {url}: {reason}" for url, reason in exc.failures)
-            raise DatasetError(
+            raise DownloadError(
                 f"Could not download {what}: every mirror failed for {dest.name}:\n{failed}\n"
-                f"If this machine is offline, download these files elsewhere and place them here:\n{todo}"
+                f"If this machine is offline, download these files elsewhere and place them here:\n{todo}",
+                exc.failures,
             ) from exc
 
 
@@ -541,8 +543,11 @@ def load_idx_dataset(
         paths = {s.filename: _locate(root, s.filename) for s in (images_spec, labels_spec)}
 
     def fix(p: Path) -> str:
-        return (f"Delete {p} so it is downloaded again (from {source.mirrors[0]}), or replace it with "
-                f"a good copy (for the shipped MNIST: git checkout -- {p.parent}).")
+        where = f" (from {source.mirrors[0]})" if source.mirrors else ""
+        text = f"Delete {p} so it is downloaded again{where}, or replace it with a good copy"
+        if p.parent.resolve() == (DEFAULT_ROOT / "mnist").resolve():
+            text += f" (this is the shipped copy: git checkout -- {p})"
+        return text + "."
 
     images_path, labels_path = paths[images_spec.filename], paths[labels_spec.filename]
     images = _load_idx_file(images_path, images_spec, IDX_IMAGES_MAGIC, verify, fix(images_path))
@@ -638,17 +643,21 @@ CIFAR10 = Cifar10Source(
 _CIFAR_SPLITS = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something the restricted unpickler does not build."""
+
+
 def _refuse_object_dtype(*args: Any) -> np.dtype:
     dtype = np.dtype(*args)
     if dtype.hasobject:  # an object array would unpickle arbitrary Python objects element by element
-        raise pickle.UnpicklingError(f"numpy dtype {dtype} holds Python objects")
+        raise _Refused(f"numpy dtype {dtype} holds Python objects")
     return dtype
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(text, "latin1").
     if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode is only allowed as str -> latin1 bytes")
+        raise _Refused("_codecs.encode is only allowed as str -> latin1 bytes")
     return text.encode("latin1")
 
 
@@ -679,10 +688,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed") from None
+            raise _Refused(f"global '{module}.{name}' is not allowed") from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not allowed")
+        raise _Refused("persistent ids are not allowed")
 
 
 def restricted_unpickle(data: bytes, what: str = "pickle") -> Any:
@@ -694,13 +703,14 @@ def restricted_unpickle(data: bytes, what: str = "pickle") -> Any:
     """
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise DatasetError(
             f"{what}: refused to unpickle it ({exc}). It should hold only plain Python values and numpy "
             f"arrays, so it is not a genuine data file and may be malicious; delete it and download the "
             f"dataset again."
         ) from None
-    except (EOFError, ValueError, TypeError, struct.error, MemoryError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error, MemoryError,
+            AttributeError, IndexError, KeyError) as exc:
         raise DatasetError(f"{what}: corrupt pickle ({type(exc).__name__}: {exc}); delete it and download "
                            f"the dataset again.") from None
 

@@ -404,7 +404,7 @@ def test_fashion_mnist_download(tmp_path, server):
     # a corrupted .gz on disk is caught by its md5
     path = tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
     data = bytearray(path.read_bytes())
-    data[-9] ^= 0xFF  # inside the gzip trailer's CRC: gzip itself would complain too; md5 or gzip error
+    data[-9] ^= 0xFF  # the last compressed byte: gzip or the md5 check complains, naming the file
     path.write_bytes(bytes(data))
     with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz"):
         load_fashion_mnist(tmp_path / "fashion-mnist", "test", download=False, source=source)
@@ -709,7 +709,7 @@ def ids(x: torch.Tensor) -> list[int]:
 
 
 def test_loader_epoch_covers_everything_once():
-    ds = indexed_dataset(100)  # no image 0 ambiguity with the flip test: id 0 still works via max
+    ds = indexed_dataset(100)
     loader = BatchLoader(ds, batch_size=10, shuffle=True, drop_last=True, seed=3)
     assert len(loader) == 10
     seen = []
@@ -788,9 +788,14 @@ def test_loader_hflip():
 
 
 def test_loader_keeps_up_with_training(mnist_train):
-    """One MNIST epoch at batch 128 with flips: thousands of batches per second on a laptop CPU."""
+    """Batches of 128 MNIST digits with flips cost well under a millisecond each (thousands per second
+    on a 2-core CPU); the bound is loose because the machine running the tests may be busy."""
     loader = BatchLoader(mnist_train, 128, hflip=True, seed=0)
+    assert len(loader) == 468
+    batches = iter(loader)
+    next(batches)
     start = time.perf_counter()
-    n = sum(1 for _ in loader)
-    assert n == 468
-    assert time.perf_counter() - start < 10.0  # generous: about 0.1-0.3 s expected
+    for _ in range(50):
+        x, y = next(batches)
+    assert x.shape == (128, 1, 28, 28) and y.shape == (128,)
+    assert time.perf_counter() - start < 5.0
