@@ -13,8 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from ddpm.datasets import caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS, check_mode
-from ddpm.nn.conditioning import MNIST_CAPTION_VOCAB
 from ddpm.nn.mlp import MLPConfig
 from ddpm.nn.unet import UNET_PRESETS, UNetConfig
 from ddpm.schedules import SCHEDULES
@@ -23,7 +23,8 @@ DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "toy2d"]
 Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset", "preset_names"]
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset", "preset_names",
+           "with_conditioning"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class DataConfig:
     """Where the training images come from."""
 
     dataset: DatasetName = "mnist"
-    root: str = "data"
+    root: str | None = None  # the data folder (None: the repository's data/)
     hflip: bool = False  # random horizontal flips (the paper's CIFAR-10 augmentation; not for digits)
     toy: str = "swiss-roll"  # for dataset="toy2d": see ddpm.datasets.TOY2D_NAMES
     toy_size: int = 20000  # points drawn for a 2D toy data set
@@ -130,6 +131,10 @@ class Config:
         TrainConfig, DataConfig, DiffusionConfig or the model config (e.g. steps=500, cond="text")."""
         sections = {"data": self.data, "model": self.model, "diffusion": self.diffusion, "train": self.train}
         top = {}
+        overrides = dict(overrides)
+        if "cond" in overrides and isinstance(self.model, UNetConfig):
+            data = overrides.get("data", self.data)
+            sections["model"] = with_conditioning(self.model, overrides.pop("cond"), data.dataset)
         for key, value in overrides.items():
             if key in ("preset", *sections):
                 top[key] = value
@@ -152,9 +157,23 @@ def _build(cls, d: dict[str, Any]):
     return cls(**d)
 
 
+def with_conditioning(model: UNetConfig, cond: str, dataset: str) -> UNetConfig:
+    """The U-Net config with its conditioning switched: "none", "class" (one entry per class of the dataset)
+    or "text" (vocabulary from the dataset's caption templates, cross-attention at the lowest resolution)."""
+    check_mode(cond, ("none", "class", "text"), "cond")
+    if cond == "none":
+        return dataclasses.replace(model, cond="none", vocab=(), cross_attn_resolutions=())
+    if dataset == "toy2d":
+        raise ValueError("the 2D toy data sets have no labels: use cond='none'")
+    if cond == "class":
+        return dataclasses.replace(model, cond="class", num_classes=len(dataset_label_names(dataset)), vocab=(),
+                                   cross_attn_resolutions=())
+    return dataclasses.replace(model, cond="text", vocab=caption_vocabulary(dataset),
+                               cross_attn_resolutions=(model.resolutions[-1],))
+
+
 def _mnist_like(preset: str, dataset: str, cond: str, **train) -> Config:
-    model = dataclasses.replace(UNET_PRESETS["mnist"], cond=cond,
-                                vocab=MNIST_CAPTION_VOCAB if cond == "text" else ())
+    model = with_conditioning(UNET_PRESETS["mnist"], cond, dataset)
     return Config(preset=preset, data=DataConfig(dataset=dataset), model=model,
                   train=TrainConfig(**{**_MNIST_TRAIN, **train}))
 
@@ -171,7 +190,7 @@ PRESETS: dict[str, Config] = {
     "fashion-mnist": _mnist_like("fashion-mnist", "fashion-mnist", "class", steps=4000),
     "cifar10": Config(
         preset="cifar10", data=DataConfig(dataset="cifar10", hflip=True),
-        model=dataclasses.replace(UNET_PRESETS["ddpm-cifar10"], ch=64, cond="class"),
+        model=with_conditioning(dataclasses.replace(UNET_PRESETS["ddpm-cifar10"], ch=64), "class", "cifar10"),
         train=TrainConfig(steps=100_000, lr=2e-4, warmup=1000, ema_decay=0.9995, sample_every=5000,
                           ckpt_every=5000, log_every=100)),
     "ddpm-cifar10": Config(
@@ -186,7 +205,7 @@ PRESETS: dict[str, Config] = {
                           guidance=1.0)),
     "tiny": Config(  # for tests: seconds on a CPU
         preset="tiny", data=DataConfig(dataset="mnist"),
-        model=dataclasses.replace(UNET_PRESETS["tiny"], in_channels=1, image_size=28, cond="class"),
+        model=with_conditioning(UNET_PRESETS["tiny"], "class", "mnist"),
         diffusion=DiffusionConfig(T=100),
         train=TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup=5, ema_decay=0.9, log_every=5,
                           sample_every=0, ckpt_every=10, sample_steps=5, guidance=2.0)),

@@ -30,6 +30,7 @@ import io
 import math
 import os
 import pickle
+import re
 import struct
 import tarfile
 import tempfile
@@ -949,6 +950,27 @@ def caption_templates(label_name: str, index: int, dataset: str = "") -> list[st
     """
     templates = _DIGIT_TEMPLATES if dataset == "mnist" else _OBJECT_TEMPLATES
     return [t.format(name=label_name, index=index, a=_article(label_name)) for t in templates]
+
+
+CIFAR10_LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def dataset_label_names(dataset: str) -> tuple[str, ...]:
+    """The class names of a named dataset, known without loading it (for building a text vocabulary)."""
+    names = {"mnist": MNIST_LABEL_NAMES, "fashion-mnist": FASHION_MNIST.label_names, "cifar10": CIFAR10_LABEL_NAMES}
+    key = _ALIASES.get(dataset.lower(), dataset.lower())
+    if key not in names:
+        raise DatasetError(f"no class names for dataset {dataset!r}; known: {', '.join(names)}")
+    return names[key]
+
+
+def caption_vocabulary(dataset: str) -> tuple[str, ...]:
+    """Every word of every caption template of every class of a dataset, sorted: a text model's vocabulary."""
+    words = set()
+    for k, name in enumerate(dataset_label_names(dataset)):
+        for caption in caption_templates(name, k, dataset):
+            words.update(re.findall(r"\w+(?:'\w+)*", caption.lower()))
+    return tuple(sorted(words))
 
 
 def captions_for(
