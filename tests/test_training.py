@@ -108,7 +108,7 @@ def test_keyboard_interrupt_saves_and_returns(tmp_path, monkeypatch):
 
 def test_ctrl_c_in_the_cli_saves_a_checkpoint(tmp_path):
     """A real SIGINT to `python -m ddpm train`: it saves, says so, and exits with status 0."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "ddpm", "train", "--preset", "tiny", "--steps", "100000",
                              "--runs-dir", str(tmp_path), "--no-progress", "--ckpt-every", "100000"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -189,6 +189,7 @@ def test_short_training_fits_a_2d_toy(tmp_path):
 def _ddp_worker(rank, world, port, out_dir, steps):
     import torch.distributed as dist
 
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         config = get_preset("tiny", cond="none", batch_size=8, steps=steps, log_every=1, ckpt_every=0)
@@ -234,3 +235,19 @@ def test_ddp_with_gloo_matches_a_single_process_on_the_same_global_batch(tmp_pat
     moved = max((ref[k] - start[k]).abs().max().item() for k in ref if ref[k].is_floating_point())
     diff = max((ref[k] - r0[k]).abs().max().item() for k in ref if ref[k].is_floating_point())
     assert moved > 1e-4 and diff < 1e-5 * max(1.0, moved), (moved, diff)
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path):
+    """The real entry point under torchrun with gloo: rank 0 alone logs and saves."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm", "train",
+           "--preset", "tiny", "--steps", "6", "--batch-size", "8", "--runs-dir", str(tmp_path), "--no-progress",
+           "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done: step 6/6") == 1  # only rank 0 prints
+    ckpt = load_checkpoint(tmp_path / "tiny")
+    assert ckpt["step"] == 6 and len(ckpt["rng"]) == 2
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # each rank its own seed
+    assert [s for s, _ in _losses(tmp_path / "tiny")][-1] == 6
