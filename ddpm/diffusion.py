@@ -214,7 +214,8 @@ class GaussianDiffusion(nn.Module):
         mu_theta = mu_tilde(pred_x0, x_t): the posterior mean with the predicted x0 plugged in. For eps
         prediction without clipping this is exactly Eq. 11,
             mu_theta = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta).
-        sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large"); both use beta_tilde[1] (paper t = 2) at index 0.
+        sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large"); both use beta_tilde[1]
+        (paper t = 2) at index 0.
 
         Returns dict(mean, variance, log_variance, pred_x0, pred_eps), each [B, ...] like x_t.
         """

@@ -7,6 +7,7 @@ step (``*_progressive``, for plots and animations) and a plain function that ret
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, NamedTuple, get_args
 
@@ -148,10 +149,8 @@ def ddim_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape
 
 
 def _last(steps: Iterator[Step]) -> Tensor:
-    step = None
-    for step in steps:
-        pass
-    return step.x_t
+    (last,) = deque(steps, maxlen=1)  # run the generator to its end, keeping only the final step
+    return last.x_t
 
 
 def ancestral_sample(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None,

@@ -108,8 +108,8 @@ def test_ddim_reproduces_the_data_distribution(diffusion):
     within statistical tolerance, and stay within 30% of the data covariance.
     """
     n = 4000
-    x = ddim_sample(GaussianOracle(diffusion), diffusion, (n, *SHAPE), steps=1000, generator=torch.Generator().manual_seed(1),
-                    dtype=torch.float64)
+    x = ddim_sample(GaussianOracle(diffusion), diffusion, (n, *SHAPE), steps=1000,
+                    generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     _check_gaussian(x)
     x50 = ddim_sample(GaussianOracle(diffusion), diffusion, (n, *SHAPE), steps=50, eta=0.0,
                       generator=torch.Generator().manual_seed(1), dtype=torch.float64)

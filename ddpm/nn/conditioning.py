@@ -21,33 +21,24 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from ddpm.datasets import MNIST_LABEL_NAMES, caption_templates
+
 # ---------------------------------------------------------------------------------------------------------
 # Captions and tokenizer
 # ---------------------------------------------------------------------------------------------------------
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_NAMES = MNIST_LABEL_NAMES
 
 
 def mnist_captions(label: int) -> list[str]:
     """All caption templates for one MNIST digit, e.g. for 7: "a handwritten seven", "the digit 7", ...
 
-    A model trained on randomly chosen templates learns that "seven", "7" and the phrasing around them
-    mean the same thing, so any of these prompts works at sampling time.
+    The templates themselves live with the data (ddpm.datasets.caption_templates), so that the captions a
+    text model is trained on and the vocabulary its tokenizer knows cannot drift apart.
     """
     if not 0 <= int(label) <= 9:
         raise ValueError(f"MNIST labels are 0..9, got {label}")
-    name, digit = DIGIT_NAMES[int(label)], str(int(label))
-    article = "an" if name[0] in "aeiou" else "a"
-    return [
-        f"a handwritten {name}",
-        f"a handwritten {digit}",
-        f"the digit {name}",
-        f"the digit {digit}",
-        f"number {name}",
-        f"number {digit}",
-        f"{article} {name}",
-        name,
-    ]
+    return caption_templates(DIGIT_NAMES[int(label)], int(label), "mnist")
 
 
 def split_words(text: str) -> list[str]:

@@ -9,6 +9,26 @@ text prompt, see ``ddpm.nn.conditioning``) is added to that same embedding.
 
 The network knows nothing about betas: it maps ([B, C, H, W] noisy images, [B] timestep indices) to a
 [B, C, H, W] prediction, whatever ``GaussianDiffusion`` does with it.
+
+Presets (``UNET_PRESETS``; FLOPs = 2 x multiply-adds of one forward pass for one image, counted with
+``torch.utils.flop_counter``; training throughput = forward + backward at batch 128 on a 2-core CPU):
+
+- ``"ddpm-cifar10"``: the paper's CIFAR-10 model, 3x32x32, ch 128, ch_mult (1, 2, 2, 2), two res blocks
+  per level, attention at 16x16 and in the middle, dropout 0.1, GroupNorm(32). 35,746,307 parameters:
+  exactly the count of the public converted checkpoint (the layers map one-to-one onto the original
+  TensorFlow ones; the three q, k, v 1x1 layers of each attention block are one 1x1 conv with 3C outputs
+  here, which has the same weights and biases). 12.4 GFLOPs per image.
+- ``"mnist"``: native 28x28 (28 -> 14 -> 7, no padding to 32), chosen for sample quality per CPU-second:
+  ch 32, ch_mult (1, 2, 2), one res block per level, attention only at 7x7 (49 positions: a few percent of
+  the FLOPs) and in the middle, GroupNorm(8), no dropout (a short run on 60k images does not overfit).
+  1,112,801 parameters, 0.38 GFLOPs per image, about 200 training images/s on 2 CPU cores. Two res
+  blocks per level (1.62M, 0.55 GFLOPs, ~135 images/s) learn a little more per step, but at equal CPU
+  time (150 and 450 CPU-seconds) the one-block network reached a lower held-out loss; ch 48 (2.5M,
+  0.85 GFLOPs, ~88 images/s) was worse still; dropping the 7x7 attention made no measurable difference
+  in speed but raised the loss. For long runs, ``num_res_blocks=2`` is the natural step up.
+- ``"mnist-class"``, ``"mnist-text"``: the same with a class-label or caption conditioner (text:
+  cross-attention at 7x7 as well).
+- ``"tiny"``: for tests, 1x28x28, ch 8, ch_mult (1, 2), 41,609 parameters, 0.026 GFLOPs per image.
 """
 
 from __future__ import annotations
@@ -23,7 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ddpm.nn.conditioning import ClassConditioner, TextConditioner, Tokenizer, attention
+from ddpm.nn.conditioning import MNIST_CAPTION_VOCAB, ClassConditioner, TextConditioner, Tokenizer, attention
 from ddpm.nn.embeddings import TimestepEmbedding
 
 CondMode = Literal["none", "class", "text"]
@@ -440,10 +460,21 @@ class UNet(nn.Module):
 # Presets
 # ---------------------------------------------------------------------------------------------------------
 
+# Why these shapes and what they cost: see the module docstring.
+_MNIST = UNetConfig(
+    in_channels=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,),
+    dropout=0.0, num_groups=8,
+)
+
 UNET_PRESETS: dict[str, UNetConfig] = {
     "ddpm-cifar10": UNetConfig(),
+    "mnist": _MNIST,
+    "mnist-class": dataclasses.replace(_MNIST, cond="class", num_classes=10),
+    "mnist-text": dataclasses.replace(
+        _MNIST, cond="text", vocab=MNIST_CAPTION_VOCAB, cross_attn_resolutions=(7,)
+    ),
     "tiny": UNetConfig(
-        in_channels=1, image_size=28, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+        in_channels=1, image_size=28, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
         dropout=0.0, num_groups=4,
     ),
 }
