@@ -49,6 +49,8 @@ def _add_train(sub) -> None:
     p.add_argument("--ckpt-every", type=int, help="save a checkpoint every N steps")
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
+                                               "faster on a machine that is busy with other work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -61,6 +63,10 @@ def cmd_train(args) -> int:
         "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
         "compile": True if args.compile else None, "cond": args.cond}.items() if v is not None}
     config = get_preset(args.preset, **overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     run_dir = Path(args.runs_dir) / (args.name or args.preset)
     dist, device = setup_distributed(dict(os.environ), args.device)
     if dist.is_main:

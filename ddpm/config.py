@@ -180,8 +180,8 @@ def _mnist_like(preset: str, dataset: str, cond: str, **train) -> Config:
 
 # A short CPU run: high learning rate with a short warmup and cosine decay, a fast-settling EMA, and
 # a step count that fits about 10 minutes on a 2-core laptop CPU (see README: "What to expect").
-_MNIST_TRAIN = dict(steps=2000, batch_size=128, lr=2e-3, optimizer="adamw", warmup=100, lr_schedule="cosine",
-                    ema_decay=0.995, log_every=25, sample_every=500, ckpt_every=250, sample_steps=50,
+_MNIST_TRAIN = dict(steps=900, batch_size=128, lr=2e-3, optimizer="adamw", warmup=100, lr_schedule="cosine",
+                    ema_decay=0.995, log_every=25, sample_every=0, ckpt_every=100, sample_steps=50,
                     guidance=2.0)
 
 PRESETS: dict[str, Config] = {

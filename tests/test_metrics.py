@@ -1,0 +1,248 @@
+"""Evaluation: the Frechet distance, classifier mechanics, bits/dim packing, evaluate end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ddpm.checkpoints import CheckpointError
+from ddpm.cli import main
+from ddpm.config import get_preset
+from ddpm.datasets import ImageDataset, load_dataset
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.metrics import (
+    SmallCNN,
+    _save_classifier,
+    bits_per_dim_dataset,
+    classifier_features,
+    conditional_accuracy,
+    feature_statistics,
+    format_report,
+    frechet_distance,
+    load_or_train_classifier,
+    train_classifier,
+)
+from ddpm.nn.unet import UNet
+from ddpm.schedules import make_betas
+from ddpm.training import Trainer
+
+
+def _random_psd(d, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ Frechet distance
+def test_frechet_identical_is_zero():
+    mu, s = torch.randn(16, dtype=torch.float64), _random_psd(16, 0)
+    assert frechet_distance(mu, s, mu, s) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_shifted_means_is_squared_distance():
+    s = _random_psd(8, 1)
+    mu = torch.randn(8, dtype=torch.float64)
+    d = torch.linspace(-1, 1, 8, dtype=torch.float64)
+    assert frechet_distance(mu, s, mu + d, s) == pytest.approx(float(d.square().sum()), rel=1e-9, abs=1e-9)
+
+
+def test_frechet_1d_and_diagonal_closed_forms():
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2 with s the standard deviations
+    assert frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([-0.5]),
+                            torch.tensor([[9.0]])) == pytest.approx(1.5**2 + (2 - 3) ** 2)
+    # diagonal covariances: sum over dimensions of the 1-D formula
+    f64 = dict(dtype=torch.float64)
+    a, b = torch.tensor([0.5, 2.0, 1.0, 0.01], **f64), torch.tensor([2.0, 0.5, 1.0, 4.0], **f64)
+    m1, m2 = torch.tensor([0.0, 1.0, 2.0, 3.0], **f64), torch.tensor([1.0, 1.0, 0.0, 3.0], **f64)
+    expected = float((m1 - m2).square().sum() + (a.sqrt() - b.sqrt()).square().sum())
+    assert frechet_distance(m1, torch.diag(a), m2, torch.diag(b)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_general_case_against_scipy_and_symmetry():
+    linalg = pytest.importorskip("scipy.linalg")
+    s1, s2 = _random_psd(12, 2), _random_psd(12, 3)
+    m1, m2 = torch.zeros(12, dtype=torch.float64), torch.full((12,), 0.3, dtype=torch.float64)
+    covmean = linalg.sqrtm((s1 @ s2).numpy()).real
+    expected = float((m1 - m2).square().sum() + s1.trace() + s2.trace()) - 2 * covmean.trace()
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(m2, s2, m1, s1) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_singular_covariances_and_bad_shapes():
+    s = torch.diag(torch.tensor([1.0, 0.0, 0.0]))  # rank 1, as with dead ReLU features
+    assert frechet_distance(torch.zeros(3), s, torch.zeros(3), s) == pytest.approx(0.0, abs=1e-10)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(2), torch.eye(2))
+
+
+def test_feature_statistics_match_torch_cov():
+    f = torch.randn(50, 5)
+    mu, sigma = feature_statistics(f)
+    assert mu.dtype == sigma.dtype == torch.float64
+    assert torch.allclose(sigma, torch.cov(f.double().T)) and torch.allclose(mu, f.double().mean(0))
+    with pytest.raises(ValueError):
+        feature_statistics(torch.randn(1, 5))
+
+
+# ------------------------------------------------------------------ classifier mechanics
+def _stripes(n, seed=0):
+    """Two classes of 28x28 images: a bright top half (0) or a bright bottom half (1), with noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = torch.randint(0, 60, (n, 1, 28, 28), generator=g).to(torch.uint8)
+    images[labels == 0, :, :14] += 180
+    images[labels == 1, :, 14:] += 180
+    return ImageDataset(images, labels, ("top", "bottom"), name="stripes")
+
+
+def test_conditional_accuracy_counts_per_class():
+    logits = torch.tensor([[2.0, 0, 0], [0, 3.0, 0], [0, 1.0, 0], [1.0, 0, 0]])
+    acc = conditional_accuracy(logits, torch.tensor([0, 1, 0, 0]))
+    assert acc["accuracy"] == pytest.approx(0.75)
+    assert acc["per_class"] == [pytest.approx(2 / 3), 1.0, None]  # class 2 never asked for
+    with pytest.raises(ValueError):
+        conditional_accuracy(logits, torch.tensor([0, 1]))
+
+
+def test_classifier_learns_a_toy_task_and_round_trips(tmp_path):
+    train, test = _stripes(256), _stripes(64, seed=1)
+    model, info = train_classifier(train, test, epochs=2, batch_size=32, lr=3e-3)
+    assert info["test_accuracy"] >= 0.95
+    feats, logits = classifier_features(model, test)
+    assert feats.shape == (64, model.hidden.out_features) and logits.shape == (64, 2)
+    # uint8 and float inputs give the same features
+    feats_f, _ = classifier_features(model, test.images.float() / 127.5 - 1)
+    assert torch.allclose(feats, feats_f, atol=1e-5)
+    path = tmp_path / "classifiers" / "stripes.pt"
+    _save_classifier(model, info, "stripes", path)
+    assert torch.load(path, weights_only=True)["info"]["test_accuracy"] == info["test_accuracy"]
+    loaded, info2 = load_or_train_classifier(path, "stripes")
+    assert not info2["trained_now"] and info2["test_accuracy"] == info["test_accuracy"]
+    assert torch.equal(classifier_features(loaded, test)[1], logits)
+    with pytest.raises(CheckpointError, match="not 'mnist'"):
+        load_or_train_classifier(path, "mnist")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="delete it"):
+        load_or_train_classifier(bad, "mnist")
+
+
+def test_small_cnn_other_sizes():
+    assert SmallCNN(3, 32, 10)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="too small"):
+        SmallCNN(1, 4)
+
+
+# ------------------------------------------------------------------ bits/dim
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = UNet.from_preset("tiny", cond="class").eval()
+    for p in model.parameters():  # a non-trivial network (the init makes the output exactly 0)
+        p.data.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _images(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+
+
+def test_bits_per_dim_dataset_matches_the_diffusion_and_adds_up(tiny_model):
+    diffusion = GaussianDiffusion(make_betas("linear", 40))
+    images = _images(4)
+    x0 = images.float() / 127.5 - 1
+    ref = diffusion.bits_per_dim(tiny_model, x0, generator=torch.Generator().manual_seed(5))
+    for batch_size in (4, 12, 160):  # multiples of n draw the same noise as bits_per_dim
+        out = bits_per_dim_dataset(tiny_model, diffusion, images, n=None, batch_size=batch_size, seed=5)
+        assert out["bpd"] == pytest.approx(float(ref["total"].mean()), rel=1e-5)
+        assert out["decoder"] == pytest.approx(float(ref["decoder"].mean()), rel=1e-5)
+        assert out["forward_passes"] == math.ceil(4 * 40 / batch_size)
+    assert out["prior"] + out["decoder"] + out["kl"] == pytest.approx(out["bpd"], rel=1e-9)
+    assert sum(r["bpd"] for r in out["kl_by_range"]) == pytest.approx(out["kl"], rel=1e-9)
+    assert out["kl_by_range"][0]["t_from"] == 2 and out["kl_by_range"][-1]["t_to"] == 40
+    assert len(out["per_t"]) == 40 and out["per_t"][0] == pytest.approx(out["decoder"], rel=1e-6)
+
+
+def test_bits_per_dim_any_batch_size_subsets_and_strata(tiny_model):
+    diffusion = GaussianDiffusion(make_betas("linear", 40))
+    data = ImageDataset(_images(6, seed=1), torch.arange(6) % 10, tuple("0123456789"))
+    odd = bits_per_dim_dataset(tiny_model, diffusion, data, n=5, batch_size=7, cond="labels")
+    assert odd["n_images"] == 5 and odd["forward_passes"] == math.ceil(5 * 40 / 7)
+    assert math.isfinite(odd["bpd"])
+    full = bits_per_dim_dataset(tiny_model, diffusion, data, n=None, batch_size=64)
+    est = bits_per_dim_dataset(tiny_model, diffusion, data, n=None, batch_size=64, timesteps=5)
+    assert est["timesteps"] == 5 and est["forward_passes"] < full["forward_passes"]
+    assert est["decoder"] == pytest.approx(full["decoder"], rel=0.2)  # t = 0 is always evaluated
+    assert est["bpd"] == pytest.approx(full["bpd"], rel=0.5)  # a (noisy) estimate of the same sum
+    assert not tiny_model.training
+
+
+def test_bits_per_dim_bad_input(tiny_model):
+    diffusion = GaussianDiffusion(make_betas("linear", 40))
+    with pytest.raises(ValueError, match="labels"):
+        bits_per_dim_dataset(tiny_model, diffusion, _images(2), cond="labels")
+    with pytest.raises(ValueError, match="batch_size"):
+        bits_per_dim_dataset(tiny_model, diffusion, _images(2), batch_size=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        bits_per_dim_dataset(tiny_model, diffusion, _images(2), timesteps=1)
+
+
+# ------------------------------------------------------------------ evaluate end to end
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    Trainer(get_preset("tiny", steps=2, ckpt_every=0), root / "run", device="cpu", progress=False).fit()
+    train = load_dataset("mnist", "train").subset(slice(0, 512))
+    model, info = train_classifier(train, None, epochs=0.5, batch_size=64)
+    _save_classifier(model, info, "mnist", root / "clf.pt")
+    return root
+
+
+def test_evaluate_writes_a_report(tiny_run, capsys):
+    run = tiny_run / "run"
+    assert main(["evaluate", "--run", str(run), "--n-samples", "20", "--steps", "2", "--bpd-images", "2",
+                 "--classifier", str(tiny_run / "clf.pt"), "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "Frechet distance" in out and "not Inception FID" in out and "bits/dim" in out
+    report = json.loads((run / "eval.json").read_text())
+    assert {"run", "step", "preset", "dataset", "bits_per_dim", "samples", "classifier_metrics",
+            "inception_fid"} <= set(report)
+    bpd = report["bits_per_dim"]
+    assert bpd["n_images"] == 2 and bpd["T"] == 100 and bpd["bpd"] > 0 and len(bpd["kl_by_range"]) == 10
+    cm = report["classifier_metrics"]
+    assert 0 <= cm["conditional_accuracy"] <= 1 and len(cm["per_class_accuracy"]) == 10
+    assert cm["frechet_distance"] > 0 and cm["frechet_floor"] > 0
+    assert "NOT the Inception FID" in cm["frechet_note"]
+    assert report["samples"]["n"] == 20 and report["samples"]["guidance"] == 2.0
+    assert "not Inception FID" in format_report(report)
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_evaluate_bad_input(tiny_run, tmp_path, capsys):
+    assert "no checkpoint" in _error(capsys, ["evaluate", "--run", str(tmp_path / "nothing")])
+    assert "--bpd-batch-size must be positive" in _error(
+        capsys, ["evaluate", "--run", str(tiny_run / "run"), "--bpd-batch-size", "0"])
+    assert "must be >= 0" in _error(capsys, ["evaluate", "--run", str(tiny_run / "run"), "--n-samples", "-1"])
+
+
+
+def test_inception_fid_says_clearly_when_it_cannot_run(monkeypatch):
+    import importlib.util
+
+    from ddpm.metrics import inception_fid
+
+    real = importlib.util.find_spec
+    missing = ("pytorch_fid", "torchmetrics")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in missing else real(n, *a))
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    out = inception_fid(images, images)
+    assert out["available"] is False and "pytorch-fid" in out["message"]
+    assert "nothing is downloaded" in out["message"]
