@@ -115,9 +115,10 @@ def make_betas(name: str, T: int = 1000, *, zero_terminal_snr: bool = False, **k
     betas = SCHEDULES[name](T, **kwargs)
     if zero_terminal_snr:
         betas = rescale_zero_terminal_snr(betas)
-    if not (bool((betas > 0).all()) and bool((betas <= 1).all())):
-        raise ValueError(f"schedule {name!r} with T={T} and {kwargs or 'default ranges'} gives betas outside (0, 1] "
-                         "(the 1000/T rescale of 1e-4..0.02 needs T >= 20); pass beta_start/beta_end explicitly")
+    upper_ok = (betas <= 1).all() if zero_terminal_snr else (betas < 1).all()  # beta = 1 erases x0 entirely
+    if not (bool((betas > 0).all()) and bool(upper_ok)):
+        raise ValueError(f"schedule {name!r} with T={T} and {kwargs or 'default ranges'} gives betas outside (0, 1) "
+                         "(the 1000/T rescale of 1e-4..0.02 needs T > 20); pass beta_start/beta_end explicitly")
     return betas
 
 

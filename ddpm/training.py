@@ -370,10 +370,12 @@ class Trainer:
         return viz.save_grid(x, path, nrow=n_per if cond is not None else 8)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, until: int | None = None) -> dict[str, Any]:
+    def fit(self, until: int | None = None, final_samples: bool = True) -> dict[str, Any]:
         """Train up to config.train.steps (or `until`, to stop early). Ctrl-C saves and returns cleanly.
 
-        Returns a summary dict (steps done, wall time, steps/s, final loss, paths).
+        final_samples=False skips the sample grid at the end (it costs sample_steps x 2 network calls on
+        80 images, which dominates very short runs). Returns a summary dict (steps, wall time, steps/s,
+        final loss, paths).
         """
         tc = self.config.train
         stop = min(tc.steps, until) if until is not None else tc.steps
@@ -434,6 +436,6 @@ class Trainer:
             from ddpm import viz
 
             viz.plot_loss_curve(self.run_dir / "log.csv", self.run_dir / "loss.png")
-            if not interrupted:
+            if final_samples and not interrupted:
                 summary["samples"] = str(self.write_samples())
         return summary

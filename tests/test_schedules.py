@@ -83,3 +83,5 @@ def test_unknown_schedule_lists_the_known_ones():
         make_betas("cosinus", 1000)
     with pytest.raises(ValueError, match="T must be"):
         make_betas("linear", 1)
+    with pytest.raises(ValueError, match="needs T > 20"):
+        make_betas("linear", 20)  # beta_T would be exactly 1: nothing of x0 left at all
