@@ -44,10 +44,16 @@ def build_model(config: Config) -> nn.Module:
     return MLP(config.model) if config.model_kind == "mlp" else UNet(config.model)
 
 
-def build_diffusion(config: Config) -> GaussianDiffusion:
+def build_diffusion(config: Config, device: str | torch.device = "cpu") -> GaussianDiffusion:
+    """The diffusion process a Config describes, on `device`.
+
+    Its coefficients are float64 buffers; MPS has no float64, so there they are stored as float32.
+    """
     d = config.diffusion
     betas = make_betas(d.schedule, d.T, zero_terminal_snr=d.zero_terminal_snr)
-    return GaussianDiffusion(betas, prediction=d.prediction)
+    diffusion = GaussianDiffusion(betas, prediction=d.prediction)
+    device = torch.device(device)
+    return diffusion.to(device, torch.float32) if device.type == "mps" else diffusion.to(device)
 
 
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -149,5 +155,5 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", use_ema
         raise CheckpointError(f"{path}: weights do not match the network its config describes "
                               f"({str(e).splitlines()[0][:200]})") from None
     model.to(device).eval()
-    diffusion = build_diffusion(config).to(device)
+    diffusion = build_diffusion(config, device)
     return LoadedRun(model, diffusion, config, int(ckpt["step"]), path, tuple(ckpt.get("label_names", ())))

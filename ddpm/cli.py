@@ -206,7 +206,8 @@ def cmd_sample(args) -> int:
         if args.trajectory and (step.t % keep == 0 or step.t == steps - 1):
             frames.append(step.x_t.cpu())
             ts.append(int(step.t))
-    run_dir = loaded.path.parent
+    # a run folder gets its samples/ sub-folder; an exported model file writes to ./samples/
+    run_dir = loaded.path.parent if loaded.path.name == "checkpoint.pt" else Path(".")
     out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{args.sampler}_seed{args.seed}.png"
     path = viz.save_grid(last.x_t, out, nrow=nrow)
     print(f"wrote {n} samples ({args.sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "

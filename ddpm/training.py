@@ -187,7 +187,7 @@ class Trainer:
         self.label_names: tuple[str, ...] = ()
         self.loader = self._make_loader(dataset)
         self.model = build_model(config).to(self.device)
-        self.diffusion = build_diffusion(config).to(self.device)
+        self.diffusion = build_diffusion(config, self.device)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)

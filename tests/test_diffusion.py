@@ -236,3 +236,15 @@ def test_bits_per_dim_terms_are_nonnegative_for_an_untrained_model():
     assert (result["terms"][:, 1:] >= 0).all()
     assert torch.allclose(result["total"], result["terms"].sum(1) + result["prior"])
     assert torch.equal(result["decoder"], result["terms"][:, 0])
+
+
+def test_float32_buffers_still_sample_correctly():
+    """On MPS (no float64) the process is stored as float32; the reverse step must agree with float64."""
+    d64 = GaussianDiffusion(make_betas("linear", 1000))
+    d32 = GaussianDiffusion(make_betas("linear", 1000)).to(torch.float32)
+    assert d32.alpha_bar.dtype == torch.float32 and d32.timestep_map.dtype == torch.long
+    x_t, eps, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = torch.tensor([0, 500, 999])
+    a, _ = d64.p_sample(eps, x_t, t, noise)
+    b, _ = d32.p_sample(eps, x_t, t, noise)
+    assert torch.allclose(a, b, atol=1e-4)
