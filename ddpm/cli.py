@@ -18,8 +18,9 @@ from ddpm.checkpoints import CheckpointError
 from ddpm.config import PRESETS, get_preset
 from ddpm.datasets import DatasetError
 from ddpm.samplers import SAMPLERS
+from ddpm.training import condition_for_labels
 
-__all__ = ["main", "build_parser", "resolve_condition"]
+__all__ = ["main", "build_parser", "resolve_condition", "resolve_run", "set_threads"]
 
 DEFAULT_RUN = "runs/mnist"
 PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "mnist.pt"
@@ -55,7 +56,7 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:
             raise UsageError(f"--threads must be >= 1, got {threads}")
@@ -70,7 +71,7 @@ def cmd_train(args) -> int:
         "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
         "compile": True if args.compile else None, "cond": args.cond}.items() if v is not None}
     config = get_preset(args.preset, **overrides)
-    _set_threads(args.threads)
+    set_threads(args.threads)
     run_dir = Path(args.runs_dir) / (args.name or args.preset)
     dist, device = setup_distributed(dict(os.environ), args.device)
     if dist.is_main:
@@ -141,8 +142,8 @@ def resolve_condition(loaded, n: int | None, klass: str | None, prompt: str | No
     if mode == "class" and prompt is not None:
         raise UsageError(f"{loaded.path} is class-conditional: use --class, not --prompt")
     if mode == "text" and klass is not None and prompt is None:
-        prompt_words = names[_class_index(klass, names, loaded)] if names else klass
-        prompt = f"a handwritten {prompt_words}" if loaded.config.data.dataset == "mnist" else f"a {prompt_words}"
+        k = _class_index(klass, names, loaded)
+        (prompt,) = condition_for_labels("text", torch.tensor([k]), names, loaded.config.data.dataset)
     if mode == "class" and klass is not None:
         k = _class_index(klass, names, loaded)
         n = n or 64
@@ -154,11 +155,7 @@ def resolve_condition(loaded, n: int | None, klass: str | None, prompt: str | No
     classes = loaded.config.model.num_classes if mode == "class" else len(names)
     per = max(1, (n or 8 * classes) // classes)
     labels = torch.arange(classes).repeat_interleave(per)
-    if mode == "class":
-        return labels, len(labels), per
-    dataset = loaded.config.data.dataset
-    prompts = [f"a handwritten {names[i]}" if dataset == "mnist" else f"a {names[i]}" for i in labels.tolist()]
-    return prompts, len(prompts), per
+    return condition_for_labels(mode, labels, names, loaded.config.data.dataset), len(labels), per
 
 
 def _class_index(klass: str, names, loaded) -> int:
@@ -181,7 +178,7 @@ def cmd_sample(args) -> int:
     from ddpm.samplers import sample
     from ddpm.training import select_device
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     device = select_device(args.device)
     loaded = load_run(resolve_run(args.run), device=device, use_ema=not args.no_ema)
     if loaded.config.model_kind == "mlp":

@@ -975,6 +975,11 @@ def caption_vocabulary(dataset: str) -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
+def class_prompts(label_names: Sequence[str], labels: torch.Tensor, dataset: str) -> list[str]:
+    """The canonical prompt of each label (its first caption template), e.g. "a handwritten seven"."""
+    return [caption_templates(label_names[k], k, dataset)[0] for k in torch.as_tensor(labels).reshape(-1).tolist()]
+
+
 def captions_for(
     label_names: Sequence[str],
     labels: torch.Tensor,

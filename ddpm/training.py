@@ -32,12 +32,22 @@ from torch import nn
 
 from ddpm.checkpoints import CHECKPOINT_NAME, build_diffusion, build_model, load_checkpoint, save_atomic
 from ddpm.config import Config
-from ddpm.datasets import BatchLoader, captions_for, load_dataset, toy2d
+from ddpm.datasets import BatchLoader, captions_for, class_prompts, load_dataset, toy2d
 
 __all__ = ["Trainer", "TrainingError", "EMA", "DistInfo", "select_device", "setup_distributed",
-           "lr_factor", "NUM_T_BUCKETS"]
+           "lr_factor", "condition_for_labels", "NUM_T_BUCKETS"]
 
 NUM_T_BUCKETS = 10
+
+
+def condition_for_labels(mode: str, labels: torch.Tensor, label_names, dataset: str):
+    """What a network with conditioning `mode` is given to generate these classes: the labels themselves
+    ("class"), each class's canonical prompt ("text"), or None ("none")."""
+    if mode == "class":
+        return labels
+    if mode == "text":
+        return class_prompts(label_names, labels, dataset)
+    return None
 
 
 class TrainingError(RuntimeError):
@@ -356,14 +366,9 @@ class Trainer:
             return viz.save_points(x, path, title=f"{self.config.data.toy}, step {self.step}")
         m = self.config.model
         n_per, classes = 8, len(self.label_names) or 1
-        if cond_mode == "none":
-            cond, n = None, 64
-        else:
-            labels = torch.arange(classes).repeat_interleave(n_per)
-            cond = labels.to(self.device) if cond_mode == "class" else [
-                f"a handwritten {self.label_names[i]}" if self.config.data.dataset == "mnist" else
-                f"a photo of a {self.label_names[i]}" for i in labels.tolist()]
-            n = len(labels)
+        labels = torch.arange(classes, device=self.device).repeat_interleave(n_per)
+        cond = condition_for_labels(cond_mode, labels, self.label_names, self.config.data.dataset)
+        n = 64 if cond is None else len(labels)
         x = ddim_sample(model, self.diffusion, (n, m.in_channels, m.image_size, m.image_size), cond,
                         steps=tc.sample_steps, guidance_scale=tc.guidance if cond is not None else None,
                         generator=g, device=self.device)

@@ -58,8 +58,9 @@ def cli(args) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be a positive integer, got {value}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    from ddpm.cli import set_threads
+
+    set_threads(args.threads)
     torch.manual_seed(args.seed)
     out_dir = Path(args.out_dir)
     for path in FIGURES[args.what](args, out_dir):
