@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm.checkpoints import CheckpointError, LoadedRun, load_run
-from ddpm.datasets import DEFAULT_ROOT, ImageDataset, caption_templates, load_dataset, to_float, to_uint8
+from ddpm.datasets import DEFAULT_ROOT, ImageDataset, load_dataset, to_float, to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import SAMPLERS, sample
+from ddpm.training import condition_for_labels
 
 __all__ = ["bits_per_dim_dataset", "SmallCNN", "train_classifier", "load_or_train_classifier",
            "classifier_path", "classifier_features", "feature_statistics", "frechet_distance",
@@ -470,10 +471,7 @@ def _conditions(loaded: LoadedRun, n: int) -> tuple[Any, Tensor | None]:
     if classes < 1:
         raise ValueError(f"{loaded.path} is text-conditioned but stores no class names to build prompts from")
     labels = torch.arange(n) % classes
-    if mode == "class":
-        return labels, labels
-    names, dataset = loaded.label_names, loaded.config.data.dataset
-    return [caption_templates(names[k], k, dataset)[0] for k in labels.tolist()], labels
+    return condition_for_labels(mode, labels, loaded.label_names, loaded.config.data.dataset), labels
 
 
 def generate_samples(loaded: LoadedRun, n: int, *, sampler: str = "ddim", steps: int | None = 50,
