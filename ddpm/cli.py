@@ -194,23 +194,22 @@ def cmd_sample(args) -> int:
         kwargs["eta"] = args.eta
     else:
         kwargs["variance"] = args.variance
-    trajectory = sample(loaded.model, loaded.diffusion, (n, *loaded.shape), cond, sampler=args.sampler,
-                        progressive=True, **kwargs)
-    frames, ts, last = [], [], None
-    keep = max(1, steps // 40)  # about 40 frames for the animation
-    for step in trajectory:
-        last = step
-        if args.trajectory and (step.t % keep == 0 or step.t == steps - 1):
-            frames.append(step.x_t.cpu())
-            ts.append(int(step.t))
+    shape = (n, *loaded.shape)
+    if args.trajectory:  # the same samples (same seed), keeping about 40 moments of the reverse process
+        frames = viz.reverse_trajectory(loaded.model, loaded.diffusion, shape, cond, sampler=args.sampler,
+                                        frames=40, **kwargs)
+        x0 = frames[-1].x_t
+    else:
+        x0 = sample(loaded.model, loaded.diffusion, shape, cond, sampler=args.sampler, **kwargs)
     # a run folder gets its samples/ sub-folder; an exported model file writes to ./samples/
     run_dir = loaded.path.parent if loaded.path.name == "checkpoint.pt" else Path(".")
     out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{args.sampler}_seed{args.seed}.png"
-    path = viz.save_grid(last.x_t, out, nrow=nrow)
+    path = viz.save_grid(x0, out, nrow=nrow)
     print(f"wrote {n} samples ({args.sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "
           f"from step {loaded.step} of {loaded.path}: {path}")
     if args.trajectory:
-        gif = viz.save_reverse_animation(frames, ts, args.trajectory, nrow=nrow)
+        gif = viz.save_reverse_animation([f.x_t for f in frames], [f.t for f in frames], args.trajectory,
+                                         nrow=nrow)
         print(f"wrote the reverse process ({len(frames)} frames): {gif}")
     return 0
 
