@@ -150,10 +150,14 @@ class GaussianDiffusion(nn.Module):
         Returns (mean, variance, log_variance), each broadcast to x_t's shape. At t = 0 the variance
         is 0 and the log-variance is log(beta_tilde) of the next step (the original code's choice).
         """
-        mean = extract(self.posterior_mean_coef_x0, t, x_t) * x0 + extract(self.posterior_mean_coef_xt, t, x_t) * x_t
+        mean = self.q_posterior_mean(x0, x_t, t)
         variance = extract(self.posterior_variance, t, x_t).expand_as(x_t)
         log_variance = extract(self.posterior_log_variance, t, x_t).expand_as(x_t)
         return mean, variance, log_variance
+
+    def q_posterior_mean(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """mu_tilde(x_t, x0) of Eq. 7 alone (what the reverse step needs every step)."""
+        return extract(self.posterior_mean_coef_x0, t, x_t) * x0 + extract(self.posterior_mean_coef_xt, t, x_t) * x_t
 
     # ------------------------------------------------------------------ eps / x0 / v conversions
     def x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
@@ -221,7 +225,7 @@ class GaussianDiffusion(nn.Module):
         """
         check_mode(variance, VARIANCES, "variance")
         pred_x0, pred_eps = self.pred_x0_eps(model_output, x_t, t, clip_denoised)
-        mean, _, _ = self.q_posterior(pred_x0, x_t, t)
+        mean = self.q_posterior_mean(pred_x0, x_t, t)
         if variance == "fixed_small":
             var = extract(self.posterior_variance, t, x_t)
             log_var = extract(self.posterior_log_variance, t, x_t)
