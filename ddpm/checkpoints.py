@@ -13,8 +13,10 @@ the EMA weights and the config (a few MB), which is what ``sample`` and ``evalua
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ddpm._util import atomic_write
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.nn.mlp import MLP
@@ -29,9 +32,10 @@ from ddpm.nn.unet import UNet
 from ddpm.schedules import make_betas
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "build_model", "build_diffusion", "LoadedRun",
-           "load_run", "export_model", "CHECKPOINT_NAME", "checkpoint_path"]
+           "load_run", "export_model", "CHECKPOINT_NAME", "CONFIG_NAME", "checkpoint_path", "config_json"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.json"
 FORMAT = 1
 
 
@@ -57,20 +61,13 @@ def build_diffusion(config: Config, device: str | torch.device = "cpu") -> Gauss
 
 
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file next to ``path``, fsync, then rename over it (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save to a temporary file next to ``path``, fsync, then rename over it (ddpm._util.atomic_write)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def config_json(config: Config) -> str:
+    """The text of a run's config.json."""
+    return json.dumps(config.to_dict(), indent=2) + "\n"
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
@@ -79,23 +76,63 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
     return run if run.is_file() or run.suffix == ".pt" else run / CHECKPOINT_NAME
 
 
+def _missing_hint(path: Path) -> str:
+    if path.name != CHECKPOINT_NAME:
+        return f"no such file {path}; give a run folder or an exported .pt file that exists"
+    where = path.parent
+    if where.is_dir():
+        return (f"no checkpoint at {path}: the folder {where} exists but has no {path.name}: was training stopped "
+                f"before its first checkpoint? Train with: python -m ddpm train --name {where.name}")
+    return (f"no checkpoint at {path}: no such run folder {where}; train one with: python -m ddpm train --name "
+            f"{where.name}")
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """One line on why torch.load refused or failed, naming a refused global (code the file asked to run)."""
+    text = str(e)
+    refused = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
+    if isinstance(e, pickle.UnpicklingError) and refused:
+        return (f"{path} was refused: loading it would run code it names ({refused.group(1) or refused.group(2)}), "
+                f"and ddpm loads only plain tensors and values (torch.load weights_only=True); do not trust this file")
+    if "Weights only load failed" in text:
+        text = "not a torch file of tensors and plain values"
+    reason = text.strip().splitlines()[0][:160] if text.strip() else "the file is empty or cut short"
+    return f"{path} is not a readable ddpm checkpoint ({type(e).__name__}: {reason}); delete it or train again"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint or exported model safely (weights_only=True), with clear errors."""
+    """Load a checkpoint or exported model safely (weights_only=True), with one-line errors."""
     path = checkpoint_path(path)
     if not path.exists():
-        where = path.parent
-        hint = (f"the folder {where} exists but has no {path.name}: was training stopped before its first "
-                f"checkpoint? Train with: python -m ddpm train --name {where.name}") if where.is_dir() else (
-                f"no such run folder {where}; train one with: python -m ddpm train --name {where.name}")
-        raise CheckpointError(f"no checkpoint at {path}: {hint}")
+        raise CheckpointError(_missing_hint(path))
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a run folder with a {CHECKPOINT_NAME} or a .pt file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a torch file, unsafe pickle
-        raise CheckpointError(f"{path} is not a readable ddpm checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); delete it or train again") from None
+        raise CheckpointError(_load_failure(path, e)) from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ddpm checkpoint of format {FORMAT} (no config/format keys)")
+    _check_fields(ckpt, path)
     return ckpt
+
+
+def _is_weights(obj: Any) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """The types of the fields every reader relies on; a hand-made file gets one line naming the field."""
+    checks = {"step": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              "config": lambda v: isinstance(v, dict),
+              "label_names": lambda v: isinstance(v, list | tuple) and all(isinstance(n, str) for n in v),
+              "ema": _is_weights, "model": _is_weights}
+    for key, ok in checks.items():
+        if key == "step" and key not in ckpt:
+            raise CheckpointError(f"{path} has no 'step' field; it is not a ddpm checkpoint")
+        if key in ckpt and not ok(ckpt[key]):
+            raise CheckpointError(f"{path} has a malformed {key!r} field ({type(ckpt[key]).__name__}); it was not "
+                                  f"written by ddpm")
 
 
 @dataclass
@@ -115,8 +152,7 @@ class LoadedRun:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        m = self.config.model
-        return (m.dim,) if self.config.model_kind == "mlp" else (m.in_channels, m.image_size, m.image_size)
+        return self.config.sample_shape
 
 
 def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> Path:
@@ -140,8 +176,9 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", use_ema
     ckpt = load_checkpoint(path)
     try:
         config = Config.from_dict(ckpt["config"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path} holds a config this version of ddpm cannot read: {e}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path} holds a config this version of ddpm cannot read: "
+                              f"{type(e).__name__}: {str(e)[:160]}") from None
     if expect_preset is not None and config.preset != expect_preset:
         raise CheckpointError(f"{path} was trained with preset {config.preset!r}, not {expect_preset!r}")
     key = "ema" if use_ema else "model"

@@ -13,8 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from ddpm._util import check_mode
 from ddpm.datasets import caption_vocabulary, dataset_label_names
-from ddpm.diffusion import PREDICTIONS, check_mode
+from ddpm.diffusion import PREDICTIONS
 from ddpm.nn.mlp import MLPConfig
 from ddpm.nn.unet import UNET_PRESETS, UNetConfig
 from ddpm.schedules import SCHEDULES
@@ -23,7 +24,7 @@ DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "toy2d"]
 Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset", "preset_names",
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset",
            "with_conditioning"]
 
 
@@ -102,6 +103,12 @@ class Config:
     @property
     def model_kind(self) -> str:
         return "mlp" if isinstance(self.model, MLPConfig) else "unet"
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: (C, H, W) for images, (dim,) for 2D toys."""
+        m = self.model
+        return (m.dim,) if isinstance(m, MLPConfig) else (m.in_channels, m.image_size, m.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict (what config.json and checkpoints store)."""
@@ -210,10 +217,6 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup=5, ema_decay=0.9, log_every=5,
                           sample_every=0, ckpt_every=10, sample_steps=5, guidance=2.0)),
 }
-
-
-def preset_names() -> list[str]:
-    return list(PRESETS)
 
 
 def get_preset(name: str, **overrides: Any) -> Config:

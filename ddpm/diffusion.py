@@ -12,12 +12,14 @@ Every coefficient is computed once in float64 and stored as a buffer, so ``.to(d
 
 from __future__ import annotations
 
-import math
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from ddpm import likelihood
+from ddpm._util import check_mode
+from ddpm.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from ddpm.schedules import alpha_bar as _alpha_bar
 
 Prediction = Literal["eps", "x0", "v"]
@@ -29,51 +31,11 @@ __all__ = ["GaussianDiffusion", "extract", "normal_kl", "discretized_gaussian_lo
            "VARIANCES", "check_mode"]
 
 
-def check_mode(value: str, allowed: tuple[str, ...], what: str) -> str:
-    """Typed modes are exhaustive: an unknown value raises instead of silently meaning a default."""
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(allowed)}")
-    return value
-
-
 def extract(a: Tensor, t: Tensor, x: Tensor) -> Tensor:
     """a[t] reshaped to [B, 1, 1, ...] to broadcast against x [B, ...], in x's dtype and device."""
     # gather, not a[t]: advanced indexing with repeated indices is ~200x slower on CPU
     out = a.to(x.device).gather(0, t.to(x.device).long())
     return out.to(x.dtype).reshape(t.shape[0], *([1] * (x.dim() - 1)))
-
-
-def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    """KL( N(mean1, e^logvar1) || N(mean2, e^logvar2) ) elementwise, in nats:
-
-    0.5 * (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^(-logvar2)).
-    """
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def _std_normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
-
-
-def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
-    """log p(x) of 8-bit data x in [-1, 1] under N(mean, e^(2 log_scale)) integrated over each pixel's bin.
-
-    The decoder L_0 of Ho et al. (Eq. 13): bins of width 2/255 centred on the 256 pixel values; the
-    first bin extends to -inf and the last to +inf, so the 256 probabilities sum to 1. Elementwise, nats.
-    """
-    centered = x - mean
-    inv_std = torch.exp(-log_scale)
-    cdf_plus = _std_normal_cdf(inv_std * (centered + 1.0 / 255))
-    cdf_min = _std_normal_cdf(inv_std * (centered - 1.0 / 255))
-    # log of the three cases, clamped so log(0) cannot appear (as the original code does)
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_probs = torch.where(
-        x < -0.999,
-        log_cdf_plus,
-        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_min).clamp(min=1e-12))),
-    )
-    return log_probs
 
 
 class GaussianDiffusion(nn.Module):
@@ -121,6 +83,7 @@ class GaussianDiffusion(nn.Module):
         self.register_buffer("posterior_mean_coef_xt", (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar))
         # "fixed_large" sigma_t^2 = beta_t, with beta_tilde[1] at index 0 as the original code does
         self.register_buffer("large_variance", torch.cat([floor.view(1), betas[1:]]))
+        self.register_buffer("large_log_variance", torch.log(self.large_variance))
 
         if timestep_map is None:
             timestep_map = torch.arange(self.T)
@@ -168,9 +131,11 @@ class GaussianDiffusion(nn.Module):
         """Eq. 4 solved for eps: eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t)."""
         return (x_t - extract(self.sqrt_alpha_bar, t, x_t) * x0) / extract(self.sqrt_one_minus_alpha_bar, t, x_t)
 
-    def v_from(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    def v_from_x0_eps(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (Salimans & Ho 2022)."""
         return extract(self.sqrt_alpha_bar, t, x0) * eps - extract(self.sqrt_one_minus_alpha_bar, t, x0) * x0
+
+    v_from = v_from_x0_eps  # the old name
 
     def x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
@@ -208,7 +173,7 @@ class GaussianDiffusion(nn.Module):
             return eps
         if self.prediction == "x0":
             return x0
-        return self.v_from(x0, t, eps)
+        return self.v_from_x0_eps(x0, t, eps)
 
     # ------------------------------------------------------------------ the reverse process p_theta
     def p_mean_variance(self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True,
@@ -218,20 +183,18 @@ class GaussianDiffusion(nn.Module):
         mu_theta = mu_tilde(pred_x0, x_t): the posterior mean with the predicted x0 plugged in. For eps
         prediction without clipping this is exactly Eq. 11,
             mu_theta = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta).
-        sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large"); both use beta_tilde[1]
-        (paper t = 2) at index 0.
+        sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large"). At index 0 (paper t = 1) both use
+        beta_tilde of the next step, as the original code does: beta_tilde_1 is 0, whose log the decoder L_0
+        could not take; sampling adds no noise there anyway. ``variance`` is always exp(log_variance).
 
         Returns dict(mean, variance, log_variance, pred_x0, pred_eps), each [B, ...] like x_t.
         """
         check_mode(variance, VARIANCES, "variance")
         pred_x0, pred_eps = self.pred_x0_eps(model_output, x_t, t, clip_denoised)
         mean = self.q_posterior_mean(pred_x0, x_t, t)
-        if variance == "fixed_small":
-            var = extract(self.posterior_variance, t, x_t)
-            log_var = extract(self.posterior_log_variance, t, x_t)
-        else:
-            var = extract(self.large_variance, t, x_t)
-            log_var = torch.log(var)
+        table = self.posterior_log_variance if variance == "fixed_small" else self.large_log_variance
+        log_var = extract(table, t, x_t)
+        var = torch.exp(log_var)
         return {"mean": mean, "variance": var.expand_as(x_t), "log_variance": log_var.expand_as(x_t),
                 "pred_x0": pred_x0, "pred_eps": pred_eps}
 
@@ -285,55 +248,23 @@ class GaussianDiffusion(nn.Module):
             losses = losses * weight
         return losses.mean() if reduction == "mean" else losses
 
-    # ------------------------------------------------------------------ the variational bound
+    # ------------------------------------------------------------------ the variational bound (ddpm.likelihood)
     def prior_bpd(self, x0: Tensor) -> Tensor:
-        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits per dimension, [B]."""
-        t = torch.full((x0.shape[0],), self.T - 1, device=x0.device, dtype=torch.long)
-        mean, _, log_var = self.q_mean_variance(x0, t)
-        kl = normal_kl(mean, log_var, torch.zeros_like(mean), torch.zeros_like(mean))
-        return kl.flatten(1).mean(dim=1) / math.log(2.0)
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits per dimension, [B] (ddpm.likelihood.prior_bpd)."""
+        return likelihood.prior_bpd(self, x0)
 
     def vb_term_bpd(self, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True,
                     variance: Variance = "fixed_large") -> Tensor:
-        """One term of Eq. 5 in bits/dim, [B]: L_{t-1} = KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0,
-        and the discretized decoder L_0 = -log p(x0 | x_1) where t == 0."""
-        true_mean, _, true_log_var = self.q_posterior(x0, x_t, t)
-        out = self.p_mean_variance(model_output, x_t, t, clip_denoised, variance)
-        first = t == 0
-        terms = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
-        if not bool(first.all()):
-            kl = normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]).flatten(1).mean(dim=1)
-            terms = torch.where(first, terms, kl)
-        if bool(first.any()):  # the decoder only where t == 0 (it costs an erf and logs per pixel)
-            nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"]).flatten(1).mean(1)
-            terms = torch.where(first, nll, terms)
-        return terms / math.log(2.0)
+        """One term of Eq. 5 in bits/dim, [B] (ddpm.likelihood.vb_term_bpd)."""
+        return likelihood.vb_term_bpd(self, model_output, x0, x_t, t, clip_denoised, variance)
 
-    @torch.no_grad()
     def bits_per_dim(self, model, x0: Tensor, cond=None, variance: Variance = "fixed_large",
                      clip_denoised: bool = True, generator: torch.Generator | None = None,
                      progress: bool = False) -> dict[str, Tensor]:
-        r"""The variational bound of Eq. 5 on -log p(x0), in bits per dimension, for 8-bit data x0 in [-1, 1]:
+        r"""The variational bound of Eq. 5 on -log p(x0) in bits/dim for a batch x0, every t (T network calls).
 
-            L = L_T + sum_{t>1} L_{t-1} + L_0
-              = KL(q(x_T|x0) || p(x_T)) + sum_t KL(q(x_{t-1}|x_t,x0) || p_theta(x_{t-1}|x_t)) - log p_theta(x0|x1).
-
-        Each KL term is evaluated at one x_t ~ q(x_t | x0) (an unbiased estimate of the bound); this costs
-        T network evaluations per batch. Returns dict with, per image [B]: "total", "prior" (L_T),
-        "decoder" (L_0), and "terms" [B, T] where terms[:, 0] = L_0 and terms[:, i] = L_i (paper's L_{t-1}
-        for t = i + 1).
+        Returns per image [B]: "total", "prior" (L_T), "decoder" (L_0) and "terms" [B, T] (terms[:, 0] = L_0,
+        terms[:, i] = the paper's L_{t-1} for t = i + 1). See ddpm.likelihood.bits_per_dim.
         """
-        terms = []
-        steps = range(self.T)
-        if progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc="bits/dim", leave=False)
-        for i in steps:
-            t = torch.full((x0.shape[0],), i, device=x0.device, dtype=torch.long)
-            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-            x_t = self.q_sample(x0, t, noise)
-            output = model(x_t, self.model_t(t), cond)
-            terms.append(self.vb_term_bpd(output, x0, x_t, t, clip_denoised, variance))
-        terms = torch.stack(terms, dim=1)
-        prior = self.prior_bpd(x0)
-        return {"total": terms.sum(dim=1) + prior, "prior": prior, "decoder": terms[:, 0], "terms": terms}
+        return likelihood.bits_per_dim(model, self, x0, cond, variance=variance, clip_denoised=clip_denoised,
+                                       generator=generator, progress=progress)

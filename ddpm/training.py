@@ -4,185 +4,99 @@
     from ddpm.training import Trainer
     Trainer(get_preset("mnist"), run_dir="runs/mnist").fit()
 
-Each step: x0 from the data, t ~ U{0..T-1}, eps ~ N(0, I), loss = ||eps - eps_theta(x_t, t, cond)||^2
-(GaussianDiffusion.training_loss), Adam step with gradient clipping at 1.0, then the EMA update.
+Each step: x0 from the data, t ~ U{0..T-1}, eps ~ N(0, I), loss = ||target - model(x_t, t, cond)||^2 with the
+target eps, x0 or v of the config's parameterization (GaussianDiffusion.training_loss), an Adam or AdamW
+step (config.train.optimizer) with gradient clipping, the learning-rate schedule, then the EMA update.
 
-A run folder holds config.json, log.csv (loss per logged step), loss_by_t.csv (loss per timestep
-bucket), loss.png, samples/step_XXXXXX.png and checkpoint.pt (see ddpm.checkpoints).
-Determinism on CPU: all randomness comes from the global torch RNG (seeded with seed + rank), the
-loader's (seed, epoch) permutation and a caption generator; all three are saved in the checkpoint, so
-an interrupted and resumed run produces the same losses as an uninterrupted one.
+A run folder holds config.json, log.csv and loss_by_t.csv (ddpm.runlog), loss.png, samples/step_XXXXXX.png
+and checkpoint.pt (ddpm.checkpoints); every file is written atomically, and a lock file keeps a second
+trainer out while one runs. Determinism on CPU: all randomness comes from the global torch RNG (seeded
+with seed + rank), the loader's (seed, epoch) permutation and a caption generator; all three are saved
+in the checkpoint. Ctrl-C stops at the end of the current step and saves the state as of that step, so
+an interrupted and resumed run produces the same losses and weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import json
-import math
+import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from ddpm.checkpoints import CHECKPOINT_NAME, build_diffusion, build_model, load_checkpoint, save_atomic
+from ddpm._util import FolderLock, remove_stale_temporaries, write_text_atomic
+from ddpm.checkpoints import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    build_diffusion,
+    build_model,
+    config_json,
+    load_checkpoint,
+    save_atomic,
+)
+from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.config import Config
-from ddpm.datasets import BatchLoader, captions_for, class_prompts, load_dataset, toy2d
+from ddpm.datasets import BatchLoader, captions_for, load_dataset, toy2d
+from ddpm.optim import EMA, lr_factor
+from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
+from ddpm.runtime import DistInfo, select_device, setup_distributed
+from ddpm.samplers import ddim_sample
+from ddpm.viz import plot_loss_curve, plot_points, save_grid
 
 __all__ = ["Trainer", "TrainingError", "EMA", "DistInfo", "select_device", "setup_distributed",
-           "lr_factor", "condition_for_labels", "NUM_T_BUCKETS"]
+           "lr_factor", "condition_for_labels", "NUM_T_BUCKETS", "RESUMABLE_CHANGES", "resume_changes"]
 
-NUM_T_BUCKETS = 10
-
-
-def condition_for_labels(mode: str, labels: torch.Tensor, label_names, dataset: str):
-    """What a network with conditioning `mode` is given to generate these classes: the labels themselves
-    ("class"), each class's canonical prompt ("text"), or None ("none")."""
-    if mode == "class":
-        return labels
-    if mode == "text":
-        return class_prompts(label_names, labels, dataset)
-    return None
+# Settings that --resume may change: they do not alter the path of the optimization that is already done
+# (steps stretches a cosine schedule from here on; the rest is bookkeeping). Any other change is refused.
+BUDGET_WARMUP, BUDGET_TIMED = 2, 8  # steps run before timing (one-time costs), and steps timed, for fit(minutes=)
+RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "sample_every", "sample_steps", "guidance", "compile",
+                     "amp")
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, mismatched resume); the message says why and what to do."""
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """"auto": cuda, then mps, then cpu; otherwise the named device, with a clear error if it is missing."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {name!r} requested but MPS is not available here; use --device cpu or auto")
-    return device
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Which process this is in a DistributedDataParallel job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(env: dict[str, str], device_name: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Start DDP if torchrun set RANK/WORLD_SIZE (nccl on GPUs, gloo on CPUs); return (info, device)."""
-    world = int(env.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), select_device(device_name)
-    import torch.distributed as dist
-
-    info = DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
-    device = select_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return info, device
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Linear warmup over `warmup` steps, then constant or cosine decay to 0 at `total`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-class EMA:
-    """Exponential moving average of the weights: theta_ema <- d theta_ema + (1 - d) theta.
-
-    With warmup, d_k = min(decay, (1 + k) / (10 + k)) at update k, so the average is not dominated by
-    the random initial weights early in training (sampling from an un-warmed EMA gives pure noise).
-    """
-
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
-        self.decay, self.warmup = decay, warmup
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-        ema_params = list(self.model.parameters())
-        params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1 - d)
-        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            b_ema.copy_(b)
-        self.updates += 1
-
-
-class PointLoader:
-    """Batches of a 2D toy point cloud, with the same cursor/state interface as BatchLoader."""
-
-    def __init__(self, points: torch.Tensor, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.points, self.batch_size, self.seed = points, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.batch = 0, 0
-
-    def __len__(self) -> int:
-        return len(self.points) // (self.batch_size * self.world_size)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.epoch, self.batch = int(state["seed"]), int(state["epoch"]), int(state["batch"])
-
-    def __iter__(self):
-        epoch, start = (self.epoch + 1, 0) if self.batch >= len(self) else (self.epoch, self.batch)
-        order = torch.randperm(len(self.points), generator=torch.Generator().manual_seed(self.seed + epoch))
-        mine = order[self.rank::self.world_size]
-        for b in range(start, len(self)):
-            self.epoch, self.batch = epoch, b + 1
-            yield self.points[mine[b * self.batch_size:(b + 1) * self.batch_size]], None
-        self.epoch, self.batch = epoch + 1, 0
-
-
-def _forever(loader) -> Iterator:
-    while True:
-        yield from loader
+def resume_changes(saved: Config, requested: Config) -> list[str]:
+    """What ``requested`` changes in a run saved with ``saved``, as "name: old -> new" lines. Raises a
+    TrainingError naming every change that would make the resumed run a different training."""
+    if saved.model != requested.model or saved.diffusion != requested.diffusion or saved.data != requested.data:
+        raise TrainingError(f"this run was trained with preset {saved.preset!r} and a different network, diffusion "
+                            f"or data; resume it with the same settings, or start a new --name")
+    old, new = saved.to_dict()["train"], requested.to_dict()["train"]
+    changed = {k: (old[k], new[k]) for k in old if old[k] != new.get(k)}
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if refused:
+        shown = ", ".join(f"{k} ({changed[k][0]} -> {changed[k][1]})" for k in refused)
+        raise TrainingError(f"--resume cannot change {shown}: the resumed run would not continue the same "
+                            f"training; resume without these flags, or start a new --name")
+    return [f"{k}: {a} -> {b}" for k, (a, b) in changed.items()]
 
 
 class Trainer:
     """Trains the network of a Config on its data and writes everything to run_dir.
 
     Args:
-        config: what to train (ddpm.config.get_preset(...)).
-        run_dir: the run folder (created). With resume=True the run continues from its checkpoint.pt.
-        device: torch device (default: ddpm.training.select_device("auto")).
+        config: what to train (ddpm.config.get_preset(...)). With resume=True, the settings that
+            RESUMABLE_CHANGES names may differ from the checkpoint's (see ``changes``); others are refused.
+        run_dir: the run folder (created and locked). With resume=True the run continues from its checkpoint.pt.
+        device: torch device (default: ddpm.runtime.select_device("auto")).
         dist: this process's DDP rank (see setup_distributed); the model is wrapped in DDP when world > 1.
         progress: show a tqdm bar (rank 0 only).
         dataset: an ImageDataset to train on instead of loading config.data (tests, notebooks).
     """
 
     def __init__(self, config: Config, run_dir: str | os.PathLike, device: torch.device | str | None = None,
-                 resume: bool = False, dist: DistInfo = DistInfo(), progress: bool = True, dataset=None):
+                 resume: bool = False, dist: DistInfo | None = None, progress: bool = True, dataset=None):
+        dist = dist or DistInfo()
         self.config, self.dist = config, dist
         self.run_dir = Path(run_dir)
         self.device = torch.device(device) if device is not None else select_device("auto")
@@ -192,39 +106,52 @@ class Trainer:
             raise ValueError(f"batch_size {tc.batch_size} must be divisible by the number of processes "
                              f"{dist.world_size}")
         self.local_batch = tc.batch_size // dist.world_size
+        self.lock = FolderLock(self.run_dir).acquire() if dist.is_main else None
+        try:
+            self._build(dataset)
+            self.changes: list[str] = self._resume() if resume else []
+            if not resume and dist.is_main and (self.run_dir / CHECKPOINT_NAME).exists():
+                raise TrainingError(f"{self.run_dir} already holds a checkpoint; continue it with --resume, or "
+                                    f"choose another --name")
+        except BaseException:
+            self.close()
+            raise
 
+    def _build(self, dataset) -> None:
+        tc, dist = self.config.train, self.dist
+        if dist.is_main:  # files that a killed atomic write left behind
+            remove_stale_temporaries(self.run_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOSS_BY_T_NAME))
         torch.manual_seed(tc.seed + dist.rank)
         self.label_names: tuple[str, ...] = ()
         self.loader = self._make_loader(dataset)
-        self.model = build_model(config).to(self.device)
-        self.diffusion = build_diffusion(config, self.device)
+        self.model = build_model(self.config).to(self.device)
+        self.diffusion = build_diffusion(self.config, self.device)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, tc.warmup, tc.steps, tc.lr_schedule))
+            self.optimizer, lambda s: lr_factor(s, tc.warmup, self.config.train.steps, tc.lr_schedule))
         self.caption_gen = torch.Generator().manual_seed(tc.seed + 7919 * (dist.rank + 1))
-        self.step = 0
+        self.step, self.saved_step, self.stop_requested, self.budget = 0, None, False, None
+        self.log = RunLog(self.run_dir, self.diffusion.T) if dist.is_main else None
         self.net = self.model
         if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if tc.compile:
             self.net = torch.compile(self.net)
-        if resume:
-            self._resume()
-        elif dist.is_main and (self.run_dir / CHECKPOINT_NAME).exists():
-            raise TrainingError(f"{self.run_dir} already holds a checkpoint; continue it with --resume, or choose "
-                                f"another --name")
+
+    def close(self) -> None:
+        """Release the run folder's lock (fit does this when it returns)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------------ data and conditioning
-    def _make_loader(self, dataset):
+    def _make_loader(self, dataset) -> BatchLoader:
         dc, tc, d = self.config.data, self.config.train, self.dist
+        common = dict(shuffle=True, drop_last=True, seed=tc.seed, rank=d.rank, world_size=d.world_size)
         if dc.dataset == "toy2d" and dataset is None:
-            points = toy2d(dc.toy, dc.toy_size, seed=tc.seed)
-            return PointLoader(points, self.local_batch, tc.seed, d.rank, d.world_size)
+            return BatchLoader(toy2d(dc.toy, dc.toy_size, seed=tc.seed), self.local_batch, **common)
         if dataset is None:
             dataset = load_dataset(dc.dataset, split="train", root=dc.root)
         m = self.config.model
@@ -235,11 +162,10 @@ class Trainer:
         if m.cond != "none" and dataset.labels is None:
             raise ValueError(f"cond={m.cond!r} needs labels but the dataset {dataset.name} has none; use cond='none'")
         self.label_names = tuple(dataset.label_names)
-        return BatchLoader(dataset, self.local_batch, shuffle=True, drop_last=True, hflip=dc.hflip,
-                           seed=tc.seed, rank=d.rank, world_size=d.world_size)
+        return BatchLoader(dataset, self.local_batch, hflip=dc.hflip, **common)
 
     def condition(self, y: torch.Tensor | None):
-        """The network's condition for a batch of labels: labels, captions, or None."""
+        """The network's condition for a training batch: the labels, one random caption per label, or None."""
         cond = self.config.model.cond
         if cond == "class":
             return y.to(self.device)
@@ -262,10 +188,7 @@ class Trainer:
                                                   min_snr_gamma=self.config.diffusion.min_snr_gamma)
         loss = losses.mean()
         if not torch.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss.item()} at step {self.step + 1}; stopped without saving, so "
-                f"{self.run_dir / CHECKPOINT_NAME} still holds the last good state. Try a lower --lr "
-                f"(now {tc.lr}) or disable mixed precision")
+            raise TrainingError(self._nan_message(loss.item(), use_amp))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -275,20 +198,34 @@ class Trainer:
         self.step += 1
         return losses.detach(), t, float(grad_norm)
 
+    def _nan_message(self, value: float, use_amp: bool) -> str:
+        kept = (f"{self.run_dir / CHECKPOINT_NAME} holds the last good state (step {self.saved_step})"
+                if self.saved_step is not None else "no checkpoint of this run was saved yet")
+        fix = f"try a lower --lr (now {self.config.train.lr})"
+        if use_amp:
+            fix += " or turn off bf16 autocast (amp=False in the config)"
+        return f"the loss became {value} at step {self.step + 1}; stopped without saving: {kept}. To fix it, {fix}"
+
     # ------------------------------------------------------------------ checkpoints
     def _gather(self, obj: Any) -> list[Any]:
         if not self.dist.enabled:
             return [obj]
-        import torch.distributed as dist
-
         out: list[Any] = [None] * self.dist.world_size
-        dist.all_gather_object(out, obj)
+        torch.distributed.all_gather_object(out, obj)
         return out
 
-    def state_dict(self) -> dict[str, Any]:
+    def _rng_state(self) -> dict[str, torch.Tensor]:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+
+    def state_dict(self) -> dict[str, Any]:
         return {
             "format": 1,
             "step": self.step,
@@ -299,23 +236,23 @@ class Trainer:
             "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": self._gather(rng),
+            "rng": self._gather(self._rng_state()),
             "loader": self._gather(self.loader.state_dict()),
             "caption_rng": self._gather(self.caption_gen.get_state()),
+            "runlog": self.log.state_dict() if self.log is not None else None,
         }
 
     def save_checkpoint(self) -> Path | None:
         state = self.state_dict()  # every rank takes part in the gathers
         if not self.dist.is_main:
             return None
-        return save_atomic(state, self.run_dir / CHECKPOINT_NAME)
+        path = save_atomic(state, self.run_dir / CHECKPOINT_NAME)
+        self.saved_step = self.step
+        return path
 
-    def _resume(self) -> None:
+    def _resume(self) -> list[str]:
         ckpt = load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device)
-        saved = Config.from_dict(ckpt["config"])
-        if saved.model != self.config.model or saved.diffusion != self.config.diffusion:
-            raise TrainingError(f"{self.run_dir} was trained with preset {saved.preset!r} and a different network or "
-                                f"diffusion; resume it with the same settings, or start a new --name")
+        changes = resume_changes(Config.from_dict(ckpt["config"]), self.config)
         if len(ckpt["rng"]) != self.dist.world_size:
             raise TrainingError(f"{self.run_dir} was trained on {len(ckpt['rng'])} processes; resume it on as many")
         self.model.load_state_dict(ckpt["model"])
@@ -323,124 +260,177 @@ class Trainer:
         self.ema.updates = int(ckpt["ema_updates"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step = int(ckpt["step"])
+        self.step = self.saved_step = int(ckpt["step"])
         r = self.dist.rank
-        torch.set_rng_state(ckpt["rng"][r]["torch"].cpu())
-        if "cuda" in ckpt["rng"][r] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng"][r]["cuda"].cpu(), self.device)
+        self._set_rng_state(ckpt["rng"][r])
         self.loader.load_state_dict(ckpt["loader"][r])
         self.caption_gen.set_state(ckpt["caption_rng"][r].cpu())
+        if self.log is not None and ckpt.get("runlog"):
+            self.log.load_state_dict(ckpt["runlog"])
+        return changes
 
-    # ------------------------------------------------------------------ logs
-    def _open_logs(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        heads = {"log.csv": ["step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s"],
-                 "loss_by_t.csv": ["step"] + [f"t{i * 100 // NUM_T_BUCKETS}-{(i + 1) * 100 // NUM_T_BUCKETS}%"
-                                              for i in range(NUM_T_BUCKETS)]}
-        for name, head in heads.items():
-            path = self.run_dir / name
-            rows = []
-            if path.exists() and self.step > 0:  # drop rows logged after the checkpoint we resume from
-                with path.open(newline="") as f:
-                    rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= self.step]
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerows([head, *rows])
+    def _boundary(self) -> tuple:
+        """What one step consumes besides the weights: the RNG states and the loader's cursor."""
+        return self.step, self._rng_state(), self.loader.state_dict(), self.caption_gen.get_state()
 
-    def _append(self, name: str, row: list) -> None:
-        with (self.run_dir / name).open("a", newline="") as f:
-            csv.writer(f).writerow(row)
+    def _restore_boundary(self, boundary: tuple) -> None:
+        """Give back what an unfinished step consumed (its batch and its random draws)."""
+        step, rng, loader, captions = boundary
+        if self.step == step:  # the step did not complete: the weights are those of the boundary
+            self._set_rng_state(rng)
+            self.loader.load_state_dict(loader)
+            self.caption_gen.set_state(captions)
 
+    # ------------------------------------------------------------------ samples
+    @torch.no_grad()
     def write_samples(self) -> Path:
         """A grid from the EMA model (DDIM, guidance for conditional models): one row per class."""
-        from ddpm import viz
-        from ddpm.samplers import ddim_sample
-
-        tc, cond_mode = self.config.train, self.config.model.cond
-        model = self.ema.model
+        tc, m = self.config.train, self.config.model
         g = torch.Generator(self.device).manual_seed(1234)
         path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
         if self.config.model_kind == "mlp":
-            x = ddim_sample(model, self.diffusion, (2000, self.config.model.dim), steps=tc.sample_steps,
-                            generator=g, device=self.device, clip_denoised=False)
-            return viz.save_points(x, path, title=f"{self.config.data.toy}, step {self.step}")
-        m = self.config.model
-        n_per, classes = 8, len(self.label_names) or 1
-        labels = torch.arange(classes, device=self.device).repeat_interleave(n_per)
-        cond = condition_for_labels(cond_mode, labels, self.label_names, self.config.data.dataset)
+            x = ddim_sample(self.ema.model, self.diffusion, (2000, m.dim), steps=tc.sample_steps, generator=g,
+                            device=self.device, clip_denoised=False)
+            return plot_points(x, title=f"{self.config.data.toy}, step {self.step}", path=path)
+        classes = num_conditions(m.cond, getattr(m, "num_classes", 0), self.label_names)
+        labels = balanced_labels(8 * classes, classes, grouped=True) if classes else None
+        cond = condition_for_labels(m.cond, labels, self.label_names, self.config.data.dataset) if classes else None
+        if isinstance(cond, torch.Tensor):
+            cond = cond.to(self.device)
         n = 64 if cond is None else len(labels)
-        x = ddim_sample(model, self.diffusion, (n, m.in_channels, m.image_size, m.image_size), cond,
+        x = ddim_sample(self.ema.model, self.diffusion, (n, m.in_channels, m.image_size, m.image_size), cond,
                         steps=tc.sample_steps, guidance_scale=tc.guidance if cond is not None else None,
                         generator=g, device=self.device)
-        return viz.save_grid(x, path, nrow=n_per if cond is not None else 8)
+        return save_grid(x, path, nrow=8)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, until: int | None = None, final_samples: bool = True) -> dict[str, Any]:
-        """Train up to config.train.steps (or `until`, to stop early). Ctrl-C saves and returns cleanly.
+    @contextlib.contextmanager
+    def _stop_on_sigint(self) -> Iterator[None]:
+        """Ctrl-C (SIGINT) asks the loop to stop at the end of the current step; a second one interrupts at
+        once (KeyboardInterrupt; the last checkpoint stays). Outside the main thread nothing is installed."""
+        self.stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, previous)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _should_stop(self) -> bool:
+        if not self.dist.enabled:
+            return self.stop_requested
+        flag = torch.tensor([float(self.stop_requested)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # every rank stops together
+        return bool(flag.item())
+
+    def _run_step(self, batches: Iterator, log: RunLog | None, bar) -> None:
+        boundary = self._boundary()
+        try:
+            x0, y = next(batches)
+            losses, t, grad_norm = self.train_step(x0, self.condition(y))
+        except KeyboardInterrupt:
+            self._restore_boundary(boundary)
+            raise
+        self.last_grad_norm = grad_norm
+        if log is not None:
+            self.last_loss = log.record(losses, t)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{getattr(self, 'last_loss', float('nan')):.4f}", refresh=False)
+
+    def _bookkeeping(self, log: RunLog | None, stop: int) -> None:
+        tc = self.config.train
+        if log is not None and (self.step % tc.log_every == 0 or self.step == stop):
+            log.write(self.step, self.scheduler.get_last_lr()[0], self.last_grad_norm, tc.batch_size)
+        if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < stop:
+            self.save_checkpoint()
+        if self.dist.is_main and tc.sample_every and self.step % tc.sample_every == 0 and self.step < stop:
+            self.write_samples()
+
+    def fit(self, until: int | None = None, final_samples: bool = True, minutes: float | None = None) -> dict[str, Any]:
+        """Train up to config.train.steps (or `until`, to stop early). Ctrl-C stops at a step boundary, saves
+        and returns cleanly. Releases the run folder's lock when it returns.
 
         final_samples=False skips the sample grid at the end (it costs sample_steps x 2 network calls on
         80 images, which dominates very short runs). Returns a summary dict (steps, wall time, steps/s,
-        final loss, paths).
-        """
-        tc = self.config.train
-        stop = min(tc.steps, until) if until is not None else tc.steps
-        if self.dist.is_main:
-            self._open_logs()
-        batches = _forever(self.loader)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
+        final loss, interrupted, paths).
 
-            bar = tqdm(total=stop, initial=self.step, desc=f"train {self.config.preset}", unit="step",
-                       dynamic_ncols=True)
-        T = self.diffusion.T
-        bucket_sum = torch.zeros(NUM_T_BUCKETS, dtype=torch.float64)
-        bucket_n = torch.zeros(NUM_T_BUCKETS, dtype=torch.float64)
-        loss_sum, loss_n, start, interrupted, last_loss = 0.0, 0, time.perf_counter(), False, float("nan")
-        t_log, steps_at_log, first_step = start, self.step, self.step
+        minutes: a time budget. The first steps are timed (BUDGET_WARMUP untimed, then BUDGET_TIMED), and
+        config.train.steps is fixed so that the run, its final sample grid included, ends after about that
+        wall time on this machine; the count is stored in the config (config.json, checkpoints), so the
+        learning-rate schedule and --resume use it. ``self.budget`` records what was measured and chosen.
+        """
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"minutes must be positive, got {minutes}")
         try:
-            while self.step < stop:
-                x0, y = next(batches)
-                losses, t, grad_norm = self.train_step(x0, self.condition(y))
-                losses, t = losses.double().cpu(), t.cpu()
-                last_loss = float(losses.mean())
-                loss_sum, loss_n = loss_sum + last_loss, loss_n + 1
-                buckets = t * NUM_T_BUCKETS // T
-                bucket_sum.index_add_(0, buckets, losses)
-                bucket_n.index_add_(0, buckets, torch.ones_like(losses))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
-                if self.dist.is_main and (self.step % tc.log_every == 0 or self.step == stop):
-                    now = time.perf_counter()
-                    ips = (self.step - steps_at_log) * tc.batch_size / max(now - t_log, 1e-9)
-                    self._append("log.csv", [self.step, repr(loss_sum / loss_n), self.scheduler.get_last_lr()[0],
-                                             round(grad_norm, 5), round(ips, 1), round(now - start, 2)])
-                    means = (bucket_sum / bucket_n.clamp(min=1)).tolist()
-                    self._append("loss_by_t.csv", [self.step] + [round(v, 6) if n else "" for v, n in
-                                                                 zip(means, bucket_n.tolist(), strict=True)])
-                    loss_sum, loss_n, t_log, steps_at_log = 0.0, 0, now, self.step
-                    bucket_sum.zero_()
-                    bucket_n.zero_()
-                if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < stop:
-                    self.save_checkpoint()
-                if self.dist.is_main and tc.sample_every and self.step % tc.sample_every == 0 and self.step < stop:
-                    self.write_samples()
+            return self._fit(until, final_samples, minutes)
+        finally:
+            self.close()
+
+    def _plan_budget(self, minutes: float, start: float, first: int, marks: dict[str, float]) -> int | None:
+        """After the timed steps, the total step count that fits the budget (None while still timing)."""
+        done = self.step - first
+        if done == BUDGET_WARMUP:
+            marks["timed_from"] = time.perf_counter()
+        if done < BUDGET_WARMUP + BUDGET_TIMED:
+            return None
+        now = time.perf_counter()
+        per_step = (now - marks["timed_from"]) / BUDGET_TIMED
+        tc = self.config.train
+        grid = per_step * 2 * tc.sample_steps * 80 / (3 * tc.batch_size)  # 80 guided images ~ 1/3 of a train step each
+        total = self.step + max(0, int((minutes * 60 - (now - start) - grid) / per_step))
+        if self.dist.enabled:  # every rank takes rank 0's count
+            count = torch.tensor([total], device=self.device)
+            torch.distributed.broadcast(count, src=0)
+            total = int(count.item())
+        self.config = self.config.replace(steps=max(total, self.step, 1))
+        self.budget = {"minutes": minutes, "s_per_step": round(per_step, 4), "steps": self.config.train.steps}
+        if self.dist.is_main:
+            write_text_atomic(self.run_dir / CONFIG_NAME, config_json(self.config))
+        return self.config.train.steps
+
+    def _fit(self, until: int | None, final_samples: bool, minutes: float | None) -> dict[str, Any]:
+        stop = min(self.config.train.steps, until) if until is not None else self.config.train.steps
+        log = self.log
+        if log is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / CONFIG_NAME, config_json(self.config))
+            log.open(self.step)
+        bar = tqdm(total=stop, initial=self.step, desc=f"train {self.config.preset}", unit="step",
+                   dynamic_ncols=True) if self.progress else None
+        batches, first, start, interrupted = self.loader.forever(), self.step, time.perf_counter(), False
+        self.last_loss, marks = float("nan"), {}
+        try:
+            with self._stop_on_sigint():
+                while self.step < stop and not self._should_stop():
+                    self._run_step(batches, log, bar)
+                    planned = self._plan_budget(minutes, start, first, marks) if minutes and not self.budget else None
+                    if planned is not None:
+                        stop = planned if until is None else min(planned, until)
+                        if bar is not None:
+                            bar.total = stop
+                    self._bookkeeping(log, stop)
+            interrupted = self.step < stop
         except KeyboardInterrupt:
-            interrupted = True
+            interrupted = True  # at a step boundary: _run_step gave back what the unfinished step consumed
         finally:
             if bar is not None:
                 bar.close()
         wall = time.perf_counter() - start
         ckpt = self.save_checkpoint()
-        summary = {"step": self.step, "steps_run": self.step - first_step, "wall_s": round(wall, 2),
-                   "steps_per_s": round((self.step - first_step) / max(wall, 1e-9), 3),
-                   "final_loss": last_loss, "interrupted": interrupted, "checkpoint": str(ckpt) if ckpt else None,
+        summary = {"step": self.step, "steps_run": self.step - first, "wall_s": round(wall, 2),
+                   "steps_per_s": round((self.step - first) / max(wall, 1e-9), 3), "final_loss": self.last_loss,
+                   "interrupted": interrupted, "budget": self.budget, "checkpoint": str(ckpt) if ckpt else None,
                    "run_dir": str(self.run_dir)}
         if self.dist.is_main:
-            from ddpm import viz
-
-            viz.plot_loss_curve(self.run_dir / "log.csv", self.run_dir / "loss.png")
+            plot_loss_curve(self.run_dir / LOG_NAME, self.run_dir / "loss.png")
             if final_samples and not interrupted:
                 summary["samples"] = str(self.write_samples())
         return summary

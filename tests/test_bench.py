@@ -1,15 +1,21 @@
 """Benchmark: FLOP counting against hand counts, and `bench --quick` end to end (no assertion on times)."""
 
+import argparse
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from ddpm.bench import format_bench, forward_flops, matmul_flops, train_flops
+import ddpm.bench
+from ddpm import _util
+from ddpm.bench import bench_training, format_bench, forward_flops, matmul_flops, train_flops
+from ddpm.bench.runs import _condition
 from ddpm.checkpoints import build_diffusion
-from ddpm.cli import main
+from ddpm.cli import bench as bench_cmd
+from ddpm.cli.common import UsageError
 from ddpm.config import get_preset
+from ddpm.datasets import class_prompts, dataset_label_names
 from ddpm.nn.unet import UNet
 
 
@@ -33,8 +39,9 @@ def test_train_flops_are_about_three_forwards():
     model = UNet(config.model)
     x = torch.randn(4, 1, 28, 28)
     fwd = forward_flops(model.eval(), x, torch.zeros(4, dtype=torch.long))
-    trn = train_flops(model.train(), build_diffusion(config), x)
+    trn = train_flops(model, build_diffusion(config), x)
     assert 2.5 * fwd < trn <= 3.0 * fwd  # the first conv needs no input gradient
+    assert not model.training and all(p.grad is None for p in model.parameters())  # left as it was
 
 
 def test_matmul_flops_is_positive():
@@ -42,9 +49,17 @@ def test_matmul_flops_is_positive():
     assert out["flops"] > 0 and set(out["by_size"]) == {"64"}
 
 
+BENCH = argparse.ArgumentParser(prog="python -m ddpm bench")  # what the entry point builds
+bench_cmd.add_arguments(BENCH)
+
+
+def _bench(argv):
+    return bench_cmd.run(BENCH.parse_args(argv))
+
+
 def test_bench_quick_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--preset", "tiny", "--explore", "--profile", "--out", str(out)]) == 0
+    assert _bench(["--quick", "--preset", "tiny", "--explore", "--profile", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "MFU" in printed and "ddim step" in printed and str(out) in printed
     result = json.loads(out.read_text())
@@ -64,12 +79,46 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert "goal train_mfu" in format_bench(result)
 
 
+def test_bench_training_on_toy_points_across_epochs():
+    # 600 points in batches of 512: one batch per epoch, so the two timed batches come from two epochs
+    config = get_preset("toy2d").replace(toy_size=600, batch_size=512)
+    out = bench_training(config, torch.device("cpu"), steps=1, warmup=0)
+    assert out["batch_size"] == 512 and out["images_per_s"] > 0
+
+
+def test_conditions_come_from_ddpm_conditions():
+    cpu = torch.device("cpu")
+    assert _condition(get_preset("toy2d"), 4, cpu) is None
+    assert _condition(get_preset("tiny"), 12, cpu).tolist() == [i % 10 for i in range(12)]
+    prompts = _condition(get_preset("mnist-text"), 12, cpu)
+    assert prompts == class_prompts(dataset_label_names("mnist"), torch.arange(12) % 10, "mnist")
+
+
+def test_num_threads_is_the_shared_one():
+    assert ddpm.bench.num_threads is _util.num_threads
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--preset", "nope"], "unknown preset"),
-    (["--preset", "tiny", "--batch-size", "0"], "--batch-size must be positive"),
-    (["--preset", "tiny", "--threads", "0"], "--threads must be positive"),
+    (["--batch-size", "0"], "expected a positive integer"),
+    (["--threads", "0"], "expected a positive integer"),
+    (["--sample-steps", "x"], "expected a positive integer"),
 ])
-def test_bench_bad_input(argv, message, capsys):
-    assert main(["bench", "--quick", *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+def test_bench_bad_flags_fail_at_parse_time(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _bench(["--quick", "--preset", "tiny", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_bench_bad_input_fails_before_any_work(tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("run_bench started before the arguments were checked")
+
+    monkeypatch.setattr(bench_cmd, "run_bench", no_work)
+    folder = tmp_path / "bench.json"
+    folder.mkdir()
+    for argv, message in ((["--preset", "nope"], "unknown preset"),
+                          (["--out", str(folder)], "is a folder"),
+                          (["--out", str(tmp_path / "bench.csv")], "unknown file extension")):
+        with pytest.raises(UsageError, match=message) as e:
+            _bench(["--quick", *argv])
+        assert "\n" not in str(e.value)

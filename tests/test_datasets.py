@@ -787,6 +787,52 @@ def test_loader_hflip():
     assert torch.equal(plain, to_float(ds.images))
 
 
+def expected_point_batches(points, batch_size, seed, epoch, rank=0, world_size=1):
+    """The documented rule, written out: permute with Generator().manual_seed(seed + epoch), take every
+    world_size-th position from rank on, cut into full batches (the remainder is dropped)."""
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed + epoch))
+    mine = order[rank::world_size]
+    return [points[mine[b * batch_size:(b + 1) * batch_size]]
+            for b in range(len(points) // (batch_size * world_size))]
+
+
+def test_loader_serves_points_by_the_permutation_rule():
+    points = toy2d("moons", 103, seed=5)
+    for world_size in (1, 3):
+        for rank in range(world_size):
+            loader = BatchLoader(points, 8, seed=9, rank=rank, world_size=world_size)
+            for epoch in range(3):  # the cursor moves on to a new order each epoch
+                got = list(loader)
+                want = expected_point_batches(points, 8, 9, epoch, rank, world_size)
+                assert len(got) == len(want) == len(loader) == 103 // (8 * world_size)
+                for (x, y), ref in zip(got, want, strict=True):
+                    assert y is None and x.dtype == torch.float32 and torch.equal(x, ref)
+            assert loader.state_dict() == {"seed": 9, "epoch": 3, "batch": 0}
+    with pytest.raises(ValueError, match="horizontal"):
+        BatchLoader(points, 8, hflip=True)
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        BatchLoader(points.reshape(103, 2, 1), 8)
+    with pytest.raises(ValueError, match="103 points give no full batch"):
+        BatchLoader(points, 200)
+
+
+def test_loader_over_points_resumes_mid_epoch():
+    points = toy2d("8gaussians", 100, seed=2)
+    a = BatchLoader(points, 7, seed=4, rank=1, world_size=2)
+    batches = a.forever()
+    run = []
+    for _ in range(3 * len(a)):  # three epochs, with the state after each batch
+        x, _ = next(batches)
+        run.append((a.state_dict(), x))
+    k = len(a) + 2  # in the middle of the second epoch
+    b = BatchLoader(points, 7, rank=1, world_size=2)
+    b.load_state_dict(run[k][0])
+    assert b.state_dict() == {"seed": 4, "epoch": 1, "batch": 3}
+    rest = b.forever()
+    for _, x_ref in run[k + 1:]:
+        assert torch.equal(next(rest)[0], x_ref)
+
+
 def test_loader_keeps_up_with_training(mnist_train):
     """Batches of 128 MNIST digits with flips cost well under a millisecond each (thousands per second
     on a 2-core CPU); the bound is loose because the machine running the tests may be busy."""

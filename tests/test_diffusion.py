@@ -248,3 +248,19 @@ def test_float32_buffers_still_sample_correctly():
     a, _ = d64.p_sample(eps, x_t, t, noise)
     b, _ = d32.p_sample(eps, x_t, t, noise)
     assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_p_mean_variance_variance_is_exp_log_variance_at_every_t(diffusion, variance):
+    x_t = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    for i in (0, 1, 500, diffusion.T - 1):
+        t = torch.full((4,), i)
+        out = diffusion.p_mean_variance(torch.randn_like(x_t), x_t, t, variance=variance)
+        torch.testing.assert_close(out["variance"], out["log_variance"].exp())
+    # index 0 uses the next step's beta_tilde (the original code's choice), never 0
+    out = diffusion.p_mean_variance(torch.randn_like(x_t), x_t, torch.zeros(4, dtype=torch.long), variance=variance)
+    assert float(out["variance"][0, 0, 0, 0]) == pytest.approx(float(diffusion.posterior_variance[1]))
+
+
+def test_v_from_x0_eps_keeps_its_old_name():
+    assert GaussianDiffusion.v_from is GaussianDiffusion.v_from_x0_eps

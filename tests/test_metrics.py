@@ -1,28 +1,34 @@
 """Evaluation: the Frechet distance, classifier mechanics, bits/dim packing, evaluate end to end."""
 
+import argparse
+import importlib.util
 import json
 import math
 
 import pytest
 import torch
 
-from ddpm.checkpoints import CheckpointError
-from ddpm.cli import main
+from ddpm.checkpoints import CheckpointError, load_run
+from ddpm.cli import evaluate as evaluate_cmd
+from ddpm.cli.common import UsageError
 from ddpm.config import get_preset
 from ddpm.datasets import ImageDataset, load_dataset
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.metrics import (
     SmallCNN,
-    _save_classifier,
     bits_per_dim_dataset,
     classifier_features,
     conditional_accuracy,
     feature_statistics,
     format_report,
     frechet_distance,
+    generate_samples,
+    inception_fid,
     load_or_train_classifier,
+    report_path,
     train_classifier,
 )
+from ddpm.metrics.classifier import _save_classifier
 from ddpm.nn.unet import UNet
 from ddpm.schedules import make_betas
 from ddpm.training import Trainer
@@ -154,11 +160,17 @@ def test_bits_per_dim_dataset_matches_the_diffusion_and_adds_up(tiny_model):
     images = _images(4)
     x0 = images.float() / 127.5 - 1
     ref = diffusion.bits_per_dim(tiny_model, x0, generator=torch.Generator().manual_seed(5))
-    for batch_size in (4, 12, 160):  # multiples of n draw the same noise as bits_per_dim
+    ref_per_t = ref["terms"].double().mean(dim=0)
+    first = None
+    for batch_size in (4, 7, 160):  # the noise is drawn per column of t: the same whatever the batch
         out = bits_per_dim_dataset(tiny_model, diffusion, images, n=None, batch_size=batch_size, seed=5)
+        per_t = torch.tensor(out["per_t"], dtype=torch.float64)
+        first = per_t if first is None else first
+        assert torch.allclose(per_t, first, rtol=1e-6, atol=1e-9)
+        assert torch.allclose(per_t, ref_per_t, rtol=1e-5, atol=1e-7)
         assert out["bpd"] == pytest.approx(float(ref["total"].mean()), rel=1e-5)
         assert out["decoder"] == pytest.approx(float(ref["decoder"].mean()), rel=1e-5)
-        assert out["forward_passes"] == math.ceil(4 * 40 / batch_size)
+        assert out["forward_passes"] == math.ceil(4 * 40 / batch_size) and out["batch_size"] == batch_size
     assert out["prior"] + out["decoder"] + out["kl"] == pytest.approx(out["bpd"], rel=1e-9)
     assert sum(r["bpd"] for r in out["kl_by_range"]) == pytest.approx(out["kl"], rel=1e-9)
     assert out["kl_by_range"][0]["t_from"] == 2 and out["kl_by_range"][-1]["t_to"] == 40
@@ -171,12 +183,27 @@ def test_bits_per_dim_any_batch_size_subsets_and_strata(tiny_model):
     odd = bits_per_dim_dataset(tiny_model, diffusion, data, n=5, batch_size=7, cond="labels")
     assert odd["n_images"] == 5 and odd["forward_passes"] == math.ceil(5 * 40 / 7)
     assert math.isfinite(odd["bpd"])
+    # the seeded subset (and its labels) and the stratified t do not depend on the batch size either
+    wide = bits_per_dim_dataset(tiny_model, diffusion, data, n=5, batch_size=200, cond="labels")
+    assert wide["per_t"] == pytest.approx(odd["per_t"], rel=1e-6, abs=1e-9)
     full = bits_per_dim_dataset(tiny_model, diffusion, data, n=None, batch_size=64)
     est = bits_per_dim_dataset(tiny_model, diffusion, data, n=None, batch_size=64, timesteps=5)
+    est3 = bits_per_dim_dataset(tiny_model, diffusion, data, n=None, batch_size=3, timesteps=5)
+    assert est3["per_t"] == pytest.approx(est["per_t"], rel=1e-6, abs=1e-9)
     assert est["timesteps"] == 5 and est["forward_passes"] < full["forward_passes"]
     assert est["decoder"] == pytest.approx(full["decoder"], rel=0.2)  # t = 0 is always evaluated
     assert est["bpd"] == pytest.approx(full["bpd"], rel=0.5)  # a (noisy) estimate of the same sum
     assert not tiny_model.training
+
+
+def test_bits_per_dim_conditions_follow_the_subset(tiny_model):
+    diffusion = GaussianDiffusion(make_betas("linear", 30))
+    data = ImageDataset(_images(6, seed=2), torch.tensor([3, 1, 4, 1, 5, 9]), tuple("0123456789"))
+    by_name = bits_per_dim_dataset(tiny_model, diffusion, data, n=3, cond="labels", seed=1)
+    by_tensor = bits_per_dim_dataset(tiny_model, diffusion, data, n=3, cond=data.labels, seed=1)
+    assert by_name["per_t"] == by_tensor["per_t"]
+    null = bits_per_dim_dataset(tiny_model, diffusion, data, n=3, seed=1)
+    assert null["per_t"] != by_name["per_t"]  # the class condition changes the network's output
 
 
 def test_bits_per_dim_bad_input(tiny_model):
@@ -187,6 +214,12 @@ def test_bits_per_dim_bad_input(tiny_model):
         bits_per_dim_dataset(tiny_model, diffusion, _images(2), batch_size=0)
     with pytest.raises(ValueError, match="at least 2"):
         bits_per_dim_dataset(tiny_model, diffusion, _images(2), timesteps=1)
+    with pytest.raises(ValueError, match="conditions for"):
+        bits_per_dim_dataset(tiny_model, diffusion, _images(2), cond=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="n must be positive"):
+        bits_per_dim_dataset(tiny_model, diffusion, _images(2), n=0)
+    with pytest.raises(ValueError, match="'labels'"):
+        bits_per_dim_dataset(tiny_model, diffusion, _images(2), cond="label")
 
 
 # ------------------------------------------------------------------ evaluate end to end
@@ -200,10 +233,18 @@ def tiny_run(tmp_path_factory):
     return root
 
 
+EVALUATE = argparse.ArgumentParser(prog="python -m ddpm evaluate")  # what the entry point builds
+evaluate_cmd.add_arguments(EVALUATE)
+
+
+def _evaluate(argv):
+    return evaluate_cmd.run(EVALUATE.parse_args(argv))
+
+
 def test_evaluate_writes_a_report(tiny_run, capsys):
     run = tiny_run / "run"
-    assert main(["evaluate", "--run", str(run), "--n-samples", "20", "--steps", "2", "--bpd-images", "2",
-                 "--classifier", str(tiny_run / "clf.pt"), "--no-progress", "--device", "cpu"]) == 0
+    assert _evaluate(["--run", str(run), "--n-samples", "20", "--steps", "2", "--bpd-images", "2",
+                      "--classifier", str(tiny_run / "clf.pt"), "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "Frechet distance" in out and "not Inception FID" in out and "bits/dim" in out
     report = json.loads((run / "eval.json").read_text())
@@ -217,28 +258,65 @@ def test_evaluate_writes_a_report(tiny_run, capsys):
     assert "NOT the Inception FID" in cm["frechet_note"]
     assert report["samples"]["n"] == 20 and report["samples"]["guidance"] == 2.0
     assert "not Inception FID" in format_report(report)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("eval")) == ["eval.json"]  # no temporaries
 
 
-def _error(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "\n" not in err
-    return err
+def test_evaluate_out_and_skips(tiny_run, tmp_path, capsys):
+    out = tmp_path / "reports" / "tiny.json"
+    assert _evaluate(["--run", str(tiny_run / "run"), "--n-samples", "0", "--bpd-images", "1", "--bpd-timesteps",
+                      "3", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["samples"] is None and report["bits_per_dim"]["timesteps"] == 3
+    assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_evaluate_bad_input(tiny_run, tmp_path, capsys):
-    assert "no checkpoint" in _error(capsys, ["evaluate", "--run", str(tmp_path / "nothing")])
-    assert "--bpd-batch-size must be positive" in _error(
-        capsys, ["evaluate", "--run", str(tiny_run / "run"), "--bpd-batch-size", "0"])
-    assert "must be >= 0" in _error(capsys, ["evaluate", "--run", str(tiny_run / "run"), "--n-samples", "-1"])
+def test_report_path(tmp_path):
+    assert report_path(tmp_path / "run") == tmp_path / "run" / "eval.json"
+    assert report_path(tmp_path / "run" / "checkpoint.pt") == tmp_path / "run" / "eval.json"
+    assert report_path(tmp_path / "mnist.pt") == tmp_path / "mnist.eval.json"
 
+
+def test_generate_samples_are_class_balanced(tiny_run):
+    loaded = load_run(tiny_run / "run")
+    images, labels, cond = generate_samples(loaded, 12, steps=2, batch_size=5)
+    assert images.dtype == torch.uint8 and images.shape == (12, 1, 28, 28)
+    assert labels.tolist() == [i % 10 for i in range(12)] and torch.equal(cond, labels)
+
+
+def test_evaluate_bad_flags_fail_at_parse_time(capsys):
+    for argv, message in ((["--bpd-batch-size", "0"], "expected a positive integer"),
+                          (["--n-samples", "-1"], "expected an integer >= 0"),
+                          (["--guidance", "nan"], "expected a finite number"),
+                          (["--sampler", "euler"], "invalid choice")):
+        with pytest.raises(SystemExit):
+            _evaluate(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_evaluate_bad_out_fails_before_any_work(tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("evaluate_run started before --out was checked")
+
+    monkeypatch.setattr(evaluate_cmd, "evaluate_run", no_work)
+    nothing = str(tmp_path / "nothing")  # no run there: loading it would fail later, with another error
+    folder = tmp_path / "report.json"
+    folder.mkdir()
+    for out, message in ((str(folder), "is a folder"), (str(tmp_path / "report.txt"), "unknown file extension")):
+        with pytest.raises(UsageError, match=message) as e:
+            _evaluate(["--run", nothing, "--out", out])
+        assert "\n" not in str(e.value) and "--out" in str(e.value)
+
+
+def test_evaluate_bad_input(tiny_run, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        _evaluate(["--run", str(tmp_path / "nothing"), "--device", "cpu"])
+    with pytest.raises(ValueError, match="at least 2"):
+        _evaluate(["--run", str(tiny_run / "run"), "--n-samples", "1", "--device", "cpu"])
+    with pytest.raises(ValueError, match="at least 2 timesteps"):
+        _evaluate(["--run", str(tiny_run / "run"), "--bpd-timesteps", "1", "--device", "cpu"])
 
 
 def test_inception_fid_says_clearly_when_it_cannot_run(monkeypatch):
-    import importlib.util
-
-    from ddpm.metrics import inception_fid
-
     real = importlib.util.find_spec
     missing = ("pytorch_fid", "torchmetrics")
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in missing else real(n, *a))

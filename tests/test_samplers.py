@@ -7,15 +7,22 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import (
+    SAMPLERS,
+    SPACINGS,
     ancestral_sample,
     ancestral_sample_progressive,
     ddim_sample,
     ddim_sample_progressive,
+    dpmpp_2m_sample,
+    dpmpp_3m_sample,
+    dpmpp_sample,
+    dynamic_threshold,
     guided,
     respace,
     sample,
     space_timesteps,
 )
+from ddpm.samplers.thresholding import resolve_threshold
 from ddpm.schedules import make_betas
 
 # Data: x0 ~ N(mu, Sigma) in D = 4 dimensions, stored as images [B, 1, 2, 2], well inside [-1, 1].
@@ -191,13 +198,17 @@ def test_same_seed_same_images_and_no_noise_at_the_last_step(diffusion):
     model = GaussianOracle(diffusion)
     runs = [list(ancestral_sample_progressive(model, diffusion, (3, *SHAPE), generator=torch.Generator().manual_seed(5),
                                               steps=30)) for _ in range(2)]
-    assert all(torch.equal(a.x_t, b.x_t) for a, b in zip(*runs, strict=True))
+    assert all(torch.equal(a.x_prev, b.x_prev) for a, b in zip(*runs, strict=True))
     steps = runs[0]
-    assert [s.t for s in steps] == list(range(29, -1, -1))
+    # Step.t is the original index of x_t (respaced: 30 of the 1000), from T-1 down to 0
+    assert [s.t for s in steps] == sorted(space_timesteps(diffusion.T, 30), reverse=True)
+    assert steps[0].t == diffusion.T - 1 and steps[-1].t == 0
+    # each step starts where the previous one ended
+    assert all(torch.equal(a.x_prev, b.x_t) for a, b in zip(steps[:-1], steps[1:], strict=True))
     last = steps[-1]
-    assert torch.equal(last.x_t, last.pred_x0)  # t = 0: the mean, which is pred_x0 itself
+    assert torch.equal(last.x_prev, last.pred_x0)  # t = 0: the mean, which is pred_x0 itself
     other = ancestral_sample(model, diffusion, (3, *SHAPE), generator=torch.Generator().manual_seed(6), steps=30)
-    assert not torch.equal(other, last.x_t)
+    assert not torch.equal(other, last.x_prev)
 
 
 def test_progressive_yields_pred_x0_for_every_step(diffusion):
@@ -248,7 +259,8 @@ def test_classifier_free_guidance_formula():
     assert calls == [None]
 
 
-def test_guidance_moves_an_oracle_mixture_towards_its_class():
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m"])
+def test_guidance_moves_an_oracle_mixture_towards_its_class(sampler):
     """With two classes of Gaussian data, guidance scale > 1 pushes samples further towards the class mean."""
     d = GaussianDiffusion(make_betas("linear", 1000))
     sigma = 0.04 * torch.eye(4, dtype=torch.float64)
@@ -261,19 +273,301 @@ def test_guidance_moves_an_oracle_mixture_towards_its_class():
         return cond_oracles[int(cond[0])](x, t)
 
     cond = torch.zeros(2000, dtype=torch.long)
-    plain = ddim_sample(model, d, (2000, *SHAPE), cond, steps=30, generator=torch.Generator().manual_seed(0),
-                        dtype=torch.float64)
-    strong = ddim_sample(model, d, (2000, *SHAPE), cond, steps=30, guidance_scale=3.0,
-                         generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    plain = sample(model, d, (2000, *SHAPE), cond, sampler=sampler, steps=30,
+                   generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    strong = sample(model, d, (2000, *SHAPE), cond, sampler=sampler, steps=30, guidance_scale=3.0,
+                    generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     proj = lambda x: (x.flatten(1) @ MU).mean().item()  # noqa: E731
     assert proj(strong) > proj(plain) > 0.5 * (MU @ MU).item()
 
 
+
+# ------------------------------------------------------------------ DPM-Solver++, spacings, thresholding
+def _law(sampler, diffusion, steps, spacing="uniform", model=None, **kwargs):
+    """The exact output law (mean [D], covariance [D, D]) of a deterministic sampler with the oracle.
+
+    Without thresholding the sampler is affine in x_T, x_0 = M x_T + c, so running it on x_T = 0 and on the D unit
+    vectors gives c and M, and x_T ~ N(0, I) gives N(c, M M^T): the sampler's own law, to float64 rounding.
+    """
+    D = len(MU)
+    probe = torch.cat([torch.zeros(1, D), torch.eye(D)]).double().view(D + 1, *SHAPE)
+    y = sample(model or GaussianOracle(diffusion), diffusion, probe.shape, sampler=sampler, steps=steps,
+               spacing=spacing, x_T=probe, dtype=torch.float64, threshold="none", **kwargs).flatten(1)
+    M = (y[1:] - y[0]).T
+    return y[0], M @ M.T
+
+
+def _error(m, P):
+    """How far a law is from the data: |mean - mu| + |cov - Sigma|_F."""
+    return ((m - MU).norm() + (P - SIGMA).norm()).item()
+
+
+def _dpmpp_2m_output_moments(diffusion, steps, spacing, mu=MU, sigma=SIGMA):
+    """The exact law of DPM-Solver++(2M) with the oracle, from Algorithm 2 of Lu et al. written out independently.
+
+    The data prediction is the Gaussian posterior mean D(x) = mu + alpha Sigma C^{-1} (x - alpha mu) (not the eps
+    oracle); x and every D are tracked as affine maps of x_T (x = M x_T + c). Steps: first order, then second
+    order, the last step into the last timestep at first order when there are fewer than 15 steps
+    (lower_order_final), then x_0 = D at that last timestep.
+    """
+    D = len(mu)
+    eye = torch.eye(D, dtype=torch.float64)
+    use = space_timesteps(diffusion.T, steps, spacing, diffusion.alpha_bar)[::-1]  # from T-1 down
+    alpha = [diffusion.alpha_bar[i].item() ** 0.5 for i in use]
+    sig = [(1 - a * a) ** 0.5 for a in alpha]
+    lam = [math.log(a / s) for a, s in zip(alpha, sig, strict=True)]
+    M, c = eye.clone(), torch.zeros(D, dtype=torch.float64)
+    denoised = []  # (M_D, c_D) at each visited timestep
+    for k, a in enumerate(alpha):
+        G = a * sigma @ torch.linalg.inv(a * a * sigma + sig[k] ** 2 * eye)
+        denoised.append((G @ M, mu + G @ (c - a * mu)))
+        if k == len(use) - 1:
+            return denoised[-1][1], denoised[-1][0] @ denoised[-1][0].T
+        h = lam[k + 1] - lam[k]
+        second_order = k > 0 and not (k == len(use) - 2 and len(use) - 1 < 15)
+        w = 1 / (2 * (lam[k] - lam[k - 1]) / h) if second_order else 0.0  # 1 / (2 r)
+        MD = (1 + w) * denoised[-1][0] - w * (denoised[-2][0] if second_order else 0)
+        cD = (1 + w) * denoised[-1][1] - w * (denoised[-2][1] if second_order else 0)
+        coef = -alpha[k + 1] * (math.exp(-h) - 1)
+        M, c = sig[k + 1] / sig[k] * M + coef * MD, sig[k + 1] / sig[k] * c + coef * cD
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("steps,spacing", [(15, "uniform"), (15, "lambda"), (25, "karras"), (2, "uniform")])
+def test_dpmpp_2m_reproduces_the_exact_law_of_its_discretization(diffusion, steps, spacing):
+    m, P = _dpmpp_2m_output_moments(diffusion, steps, spacing)
+    m_s, P_s = _law("dpmpp-2m", diffusion, steps, spacing)
+    assert torch.allclose(m_s, m, rtol=1e-9, atol=1e-12) and torch.allclose(P_s, P, rtol=1e-9, atol=1e-12)
+
+
+def test_dpmpp_2m_samples_follow_that_law_and_beat_ddim_per_model_call(diffusion):
+    """Random x_T, default clipping: the samples match the exact 15-step law, which is closer to the data than
+    DDIM's after 50 steps (lambda spacing; the uniform one gives a single long last step in lambda here)."""
+    x = dpmpp_2m_sample(GaussianOracle(diffusion), diffusion, (4000, *SHAPE), steps=15, spacing="lambda",
+                        generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    m, P = _dpmpp_2m_output_moments(diffusion, 15, "lambda")
+    _check_gaussian(x, m, P)
+    assert _error(m, P) < 0.5 * _error(*_law("ddim", diffusion, 50))
+
+
+def test_convergence_order_dpmpp_vs_ddim(diffusion):
+    """Doubling the steps divides the error to the data by ~4 for 2M (second order), ~2 for DDIM (first order).
+
+    Karras spacing, 20 -> 40 -> 80 steps (measured: 2M 3.8, 3.9; DDIM 1.86, 1.89). Beyond ~100 steps the error
+    reaches its floor (x_T ~ N(0, I) is not exactly q(x_T), the last step denoises from t = 0, and near t = 0
+    the spacing runs out of distinct indices), so the ratios are measured below that.
+    """
+    steps = (20, 40, 80)
+    err = {s: [_error(*_law(s, diffusion, n, "karras")) for n in steps] for s in ("ddim", "dpmpp-2m", "dpmpp-3m")}
+    ratio = {s: [e[k] / e[k + 1] for k in range(len(steps) - 1)] for s, e in err.items()}
+    assert all(r > 3.0 for r in ratio["dpmpp-2m"]), ratio
+    assert all(1.6 < r < 2.6 for r in ratio["ddim"]), ratio
+    # 3M converges at least as fast as 2M: smaller errors, and a larger first ratio (at 80 steps both near the floor)
+    assert all(e3 <= e2 for e3, e2 in zip(err["dpmpp-3m"], err["dpmpp-2m"], strict=True)), err
+    assert ratio["dpmpp-3m"][0] >= ratio["dpmpp-2m"][0], ratio
+
+
+def test_dpmpp_first_order_is_ddim_and_2m_approaches_ddim_with_one_step_per_timestep():
+    """Order 1 is DDIM (eta = 0) exactly, also with one step per timestep; so are 2M and 3M with <= 2 steps (first
+    order, then the final denoise). With one step per timestep 2M agrees with DDIM up to DDIM's own
+    first-order error: their difference halves when T doubles (measured 0.040, 0.022, 0.012 for T = 100, 200,
+    400, against a data std of ~0.27)."""
+    gap = []
+    for T in (100, 200, 400):
+        d = GaussianDiffusion(make_betas("linear", T))
+        model = GaussianOracle(d)
+        x_T = torch.randn(200, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(T))
+        ddim = ddim_sample(model, d, x_T.shape, steps=T, x_T=x_T, dtype=torch.float64)
+        first = dpmpp_sample(model, d, x_T.shape, order=1, steps=T, x_T=x_T, dtype=torch.float64)
+        assert torch.allclose(first, ddim, rtol=0, atol=1e-12)
+        gap.append((dpmpp_2m_sample(model, d, x_T.shape, steps=T, x_T=x_T, dtype=torch.float64) - ddim).abs().max())
+        for n in (1, 2):
+            ddim_n = ddim_sample(model, d, x_T.shape, steps=n, x_T=x_T, dtype=torch.float64)
+            for fn in (dpmpp_2m_sample, dpmpp_3m_sample):
+                assert torch.allclose(fn(model, d, x_T.shape, steps=n, x_T=x_T, dtype=torch.float64), ddim_n,
+                                      rtol=0, atol=1e-12)
+    assert all(1.6 < a / b < 2.6 for a, b in zip(gap[:-1], gap[1:], strict=True)), gap
+    assert gap[-1] < 0.02
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-3m", "ddim"])
+def test_samplers_work_on_eps_x0_and_v_models_alike(sampler):
+    betas = make_betas("cosine", 200)
+    d_eps = GaussianDiffusion(betas)
+    eps_model = GaussianOracle(d_eps)
+
+    def x0_model(x, t, cond=None):
+        return d_eps.x0_from_eps(x, t, eps_model(x, t))
+
+    def v_model(x, t, cond=None):
+        eps = eps_model(x, t)
+        return d_eps.v_from_x0_eps(d_eps.x0_from_eps(x, t, eps), t, eps)
+
+    x_T = torch.randn(50, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    outs = [sample(m, GaussianDiffusion(betas, prediction=p), x_T.shape, sampler=sampler, steps=12, x_T=x_T,
+                   dtype=torch.float64) for p, m in (("eps", eps_model), ("x0", x0_model), ("v", v_model))]
+    assert torch.allclose(outs[0], outs[1], atol=1e-9) and torch.allclose(outs[0], outs[2], atol=1e-9)
+
+
+def test_dpmpp_on_a_zero_terminal_snr_v_model():
+    """alpha_bar_T = 0 (lambda_T = -inf, h = inf): the first step is x_t = sigma_t x_T + alpha_t D_0, and the
+    multistep corrections through lambda_T vanish (r = inf); the samples stay finite. Spacing in lambda needs a
+    finite lambda_T."""
+    d = GaussianDiffusion(make_betas("linear", 100, zero_terminal_snr=True), prediction="v")
+    x = dpmpp_3m_sample(lambda x, t, c: 0.1 * x, d, (4, *SHAPE), steps=10, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="zero-terminal-SNR"):
+        space_timesteps(100, 10, "lambda", d.alpha_bar)
+
+
+def _lambda(abar):
+    return 0.5 * torch.log(abar / (1 - abar))
+
+
+def test_spacings_give_distinct_sorted_indices_including_T_minus_1(diffusion):
+    abar = diffusion.alpha_bar
+    for spacing in SPACINGS:
+        for steps in (1, 2, 7, 50, 300, 999, 1000):
+            use = space_timesteps(1000, steps, spacing, abar)
+            assert len(use) == steps and use == sorted(set(use)) and use[-1] == 999, (spacing, steps)
+            assert 0 <= use[0] and (steps == 1 or use[0] == 0)
+    # uniform is unchanged: round(i (T - 1) / (S - 1)), Python's round (832.5 -> 832)
+    assert space_timesteps(1000, 7) == [0, 166, 333, 500, 666, 832, 999]
+    with pytest.raises(ValueError, match="unknown spacing 'cosine'; expected one of: uniform, lambda, karras"):
+        space_timesteps(1000, 10, "cosine", abar)
+    with pytest.raises(ValueError, match="needs the schedule's alpha_bar"):
+        space_timesteps(1000, 10, "lambda")
+    with pytest.raises(ValueError, match="unknown spacing"):
+        ddim_sample(GaussianOracle(diffusion), diffusion, (1, *SHAPE), steps=1000, spacing="cosine")
+
+
+def _nearest(lam, target, i):
+    """Index i is the nearest to the target in lambda among its neighbours (i.e. rounding, lambda is monotone)."""
+    neighbours = [j for j in (i - 1, i + 1) if 0 <= j < len(lam)]
+    return all((lam[i] - target).abs() <= (lam[j] - target).abs() for j in neighbours)
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+def test_lambda_and_karras_spacings_follow_their_formulas_up_to_rounding(diffusion, steps):
+    lam = _lambda(diffusion.alpha_bar)
+    k = torch.arange(steps, dtype=torch.float64) / (steps - 1)
+    use = space_timesteps(1000, steps, "lambda", diffusion.alpha_bar)[::-1]  # from T-1 down
+    targets = lam[999] + k * (lam[0] - lam[999])  # uniform in lambda
+    assert all(_nearest(lam, tgt, i) for tgt, i in zip(targets, use, strict=True))
+    assert (lam[use].diff() - (lam[0] - lam[999]) / (steps - 1)).abs().max() < 0.35  # a uniform grid, up to rounding
+    sigma = torch.exp(-lam)  # = sqrt((1 - abar) / abar)
+    rho = 7.0
+    s_max, s_min = sigma[999] ** (1 / rho), sigma[0] ** (1 / rho)
+    karras = (s_max + k * (s_min - s_max)) ** rho  # Karras et al. 2022, Eq. 5
+    use = space_timesteps(1000, steps, "karras", diffusion.alpha_bar)[::-1]
+    assert all(_nearest(lam, -torch.log(s), i) for s, i in zip(karras, use, strict=True))
+
+
+def test_respace_with_a_spacing_calls_the_model_at_those_timesteps(diffusion):
+    seen = []
+
+    def model(x, t, cond):
+        seen.append(t[0].item())
+        return torch.zeros_like(x)
+
+    dpmpp_2m_sample(model, diffusion, (1, *SHAPE), steps=12, spacing="karras")
+    assert seen == space_timesteps(1000, 12, "karras", diffusion.alpha_bar)[::-1]
+    assert respace(diffusion, 12, "karras").timestep_map.tolist() == seen[::-1]
+
+
+def test_dynamic_thresholding():
+    g = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(6, 3, 8, 8, generator=g)
+    out = dynamic_threshold(x)
+    assert out.abs().max() <= 1 and torch.isfinite(out).all()
+    inside = torch.rand(4, 1, 5, 5, generator=g) * 2 - 1
+    assert torch.equal(dynamic_threshold(inside), inside)  # s = max(percentile, 1) = 1: clamp to [-1, 1], / 1
+    # per image: one outlier pixel scales its own image (by s = its percentile), not its neighbour in the batch
+    pair = (torch.rand(2, 1, 4, 4, generator=g) - 0.5)
+    pair[0, 0, 1, 2] = 3.0
+    out = dynamic_threshold(pair, 0.995)
+    s = torch.quantile(pair[0].abs().flatten(), 0.995)
+    assert 1 < s < 3
+    assert torch.allclose(out[0], pair[0].clamp(-s, s) / s) and out[0, 0, 1, 2] == 1
+    assert torch.equal(out[1], pair[1])
+    assert torch.allclose(dynamic_threshold(pair, 1.0)[0], pair[0] / 3)  # p = 1: s = max |x0|
+    with pytest.raises(ValueError, match="percentile"):
+        dynamic_threshold(pair, 0.0)
+
+
+def _wild_x0_model(x, t, cond=None):
+    """An x0-predicting "network" whose predictions go far outside [-1, 1]."""
+    return 4 * torch.tanh(x) + 0.5
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_threshold_modes_in_every_sampler(sampler):
+    d = GaussianDiffusion(make_betas("linear", 100), prediction="x0")
+    run = lambda **kw: list(sample(_wild_x0_model, d, (3, *SHAPE), sampler=sampler, steps=10, progressive=True,  # noqa: E731
+                                   generator=torch.Generator().manual_seed(1), **kw))
+    default, clip, old_clip = run(), run(threshold="clip"), run(clip_denoised=True)
+    dynamic, none = run(threshold="dynamic"), run(clip_denoised=False)
+    # the default is plain clipping, bit for bit, whichever way it is spelled
+    for steps in (clip, old_clip):
+        assert all(torch.equal(a.x_prev, b.x_prev) for a, b in zip(default, steps, strict=True))
+    assert all(s.pred_x0.abs().max() <= 1 for s in dynamic + clip)
+    assert max(s.pred_x0.abs().max() for s in none) > 2
+    assert not torch.allclose(dynamic[-1].x_prev, clip[-1].x_prev)
+    # with predictions inside [-1, 1] dynamic thresholding changes nothing (for the ancestral sampler this also
+    # pins its own posterior step against GaussianDiffusion.p_sample, which "none" uses)
+    tame = lambda x, t, c=None: 0.5 * _wild_x0_model(x, t) / 4.5  # noqa: E731
+    a, b = (sample(tame, d, (3, *SHAPE), sampler=sampler, steps=10, threshold=th,
+                   generator=torch.Generator().manual_seed(1)) for th in ("dynamic", "none"))
+    assert torch.equal(a, b)
+
+
+def test_threshold_arguments():
+    assert resolve_threshold(None, None) == "clip" and resolve_threshold(False, None) == "none"
+    assert resolve_threshold(True, "clip") == "clip" and resolve_threshold(None, "dynamic") == "dynamic"
+    with pytest.raises(ValueError, match="contradicts"):
+        resolve_threshold(True, "dynamic")
+    with pytest.raises(ValueError, match="unknown threshold 'static'; expected one of: clip, dynamic, none"):
+        resolve_threshold(None, "static")
+
+
+def test_default_ancestral_path_is_the_p_sample_loop(diffusion):
+    """The ancestral sampler's default is Algorithm 2 with GaussianDiffusion.p_sample, to the bit."""
+    model = GaussianOracle(diffusion)
+    g = torch.Generator().manual_seed(7)
+    got = ancestral_sample(model, diffusion, (3, *SHAPE), steps=20, generator=g)
+    g = torch.Generator().manual_seed(7)
+    process = respace(diffusion, 20)
+    x = torch.randn((3, *SHAPE), generator=g)
+    for i in reversed(range(20)):
+        t = torch.full((3,), i, dtype=torch.long)
+        noise = torch.randn(x.shape, generator=g) if i > 0 else None
+        x, _ = process.p_sample(model(x, process.model_t(t)), x, t, noise, True, "fixed_small")
+    assert torch.equal(got, x)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_every_sampler_yields_steps_in_original_timesteps(diffusion, sampler, spacing):
+    model = GaussianOracle(diffusion)
+    run = lambda seed: list(sample(model, diffusion, (2, *SHAPE), sampler=sampler, steps=8, spacing=spacing,  # noqa: E731
+                                   progressive=True, generator=torch.Generator().manual_seed(seed)))
+    steps = run(0)
+    assert [s.t for s in steps] == space_timesteps(1000, 8, spacing, diffusion.alpha_bar)[::-1]
+    assert all(torch.equal(a.x_prev, b.x_t) for a, b in zip(steps[:-1], steps[1:], strict=True))
+    assert torch.equal(steps[-1].x_prev, steps[-1].pred_x0)  # the last step gives pred_x0 at t = 0 itself
+    x0 = sample(model, diffusion, (2, *SHAPE), sampler=sampler, steps=8, spacing=spacing,
+                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x0, steps[-1].x_prev)  # the same seed, the same images
+
+
 def test_sample_dispatch_and_modes(diffusion):
     model = GaussianOracle(diffusion)
-    x = sample(model, diffusion, (2, *SHAPE), sampler="ddim", steps=5)
-    assert x.shape == (2, *SHAPE)
-    with pytest.raises(ValueError, match="ancestral, ddim"):
+    for sampler in ("ancestral", "ddim", "dpmpp-2m", "dpmpp-3m"):
+        assert sample(model, diffusion, (2, *SHAPE), sampler=sampler, steps=5).shape == (2, *SHAPE)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; expected one of: ancestral, ddim, dpmpp-2m, "
+                                         "dpmpp-3m"):
         sample(model, diffusion, (2, *SHAPE), sampler="euler")
     with pytest.raises(ValueError, match="fixed_small, fixed_large"):
         ancestral_sample(model, diffusion, (2, *SHAPE), variance="learned")
+    with pytest.raises(ValueError, match="order of DPM-Solver"):
+        dpmpp_sample(model, diffusion, (2, *SHAPE), order=4)

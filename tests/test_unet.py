@@ -83,7 +83,7 @@ def test_output_changes_with_text():
     assert not torch.allclose(out[0], out[1])
     assert not torch.allclose(out[0], out[2])
     torch.testing.assert_close(model(x, t, None), out[2:].expand(3, -1, -1, -1))
-    ids = model.tokenizer.encode(["a handwritten seven", "the digit 2", ""], model.config.max_prompt_len)
+    ids = model.conditioner.tokenizer.encode(["a handwritten seven", "the digit 2", ""], model.config.max_prompt_len)
     torch.testing.assert_close(model(x, t, ids), out)
     with pytest.raises(ValueError, match=r"unknown word\(s\) \['blue'\]"):
         model(x, t, ["a blue seven", "", ""])
@@ -165,6 +165,7 @@ def test_bad_channel_count():
         (dict(attn_resolutions=(14,)), r"includes \[14\], not a resolution"),
         (dict(cond="text"), "needs a vocabulary"),
         (dict(cross_attn_resolutions=(8,)), "needs cond='text'"),
+        (dict(downsample_pad="reflect"), "unknown downsample_pad 'reflect'"),
     ],
 )
 def test_bad_config_raises(kwargs, message):
@@ -179,6 +180,16 @@ def test_presets_and_overrides():
         UNet.from_preset("tiny", channels=3)
     model = UNet.from_preset("tiny", in_channels=3, ch_mult=[1, 2])  # lists are stored as tuples
     assert model.config.in_channels == 3 and model.config.ch_mult == (1, 2)
+
+
+def test_configs_saved_before_norm_eps_and_downsample_pad_keep_their_network():
+    # Checkpoints written before these fields existed (data/pretrained/mnist.pt) lack them: the defaults must
+    # be the network those were trained with (PyTorch's GroupNorm eps, 1 pixel of padding on every side).
+    old = {k: v for k, v in UNET_PRESETS["mnist"].to_dict().items() if k not in ("norm_eps", "downsample_pad")}
+    assert UNetConfig.from_dict(old) == UNET_PRESETS["mnist"]
+    assert (UNET_PRESETS["mnist"].norm_eps, UNET_PRESETS["mnist"].downsample_pad) == (1e-5, "symmetric")
+    # the paper's network (tests/test_convert.py checks it against the reference)
+    assert (UNET_PRESETS["ddpm-cifar10"].norm_eps, UNET_PRESETS["ddpm-cifar10"].downsample_pad) == (1e-6, "tf-same")
 
 
 def test_config_dict_round_trip():

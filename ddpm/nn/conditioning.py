@@ -14,21 +14,17 @@ U-Net does that, see ``UNet.forward``).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ddpm.datasets import MNIST_LABEL_NAMES, caption_templates
+from ddpm.datasets import MNIST_LABEL_NAMES, caption_templates, split_words
 
 # ---------------------------------------------------------------------------------------------------------
 # Captions and tokenizer
 # ---------------------------------------------------------------------------------------------------------
-
-DIGIT_NAMES = MNIST_LABEL_NAMES
-
 
 def mnist_captions(label: int) -> list[str]:
     """All caption templates for one MNIST digit, e.g. for 7: "a handwritten seven", "the digit 7", ...
@@ -38,12 +34,7 @@ def mnist_captions(label: int) -> list[str]:
     """
     if not 0 <= int(label) <= 9:
         raise ValueError(f"MNIST labels are 0..9, got {label}")
-    return caption_templates(DIGIT_NAMES[int(label)], int(label), "mnist")
-
-
-def split_words(text: str) -> list[str]:
-    """Lowercased words of ``text``; punctuation and whitespace separate words and are dropped."""
-    return re.findall(r"\w+(?:'\w+)*", text.lower())
+    return caption_templates(MNIST_LABEL_NAMES[int(label)], int(label), "mnist")
 
 
 class Tokenizer:

@@ -1,9 +1,9 @@
 """A small MLP eps_theta(x_t, t) for 2D toy data (swiss roll, moons, ...): diffusion you can watch as points.
 
-    x_t [B, 2] -> concat(x_t, sinusoid(t)) -> (Linear -> SiLU) x depth -> Linear -> eps [B, 2]
+    emb = MLP(sinusoid(t)) [B, hidden];  h = Linear(x_t);  (h = SiLU(Linear(h + emb))) x depth;  eps = Linear(h)
 
-The time embedding is the same sinusoid the U-Net uses (ddpm.nn.embeddings); it is re-injected at every
-layer by addition, so a narrow network still knows the noise level everywhere.
+The time embedding is the same sinusoid the U-Net uses (ddpm.nn.embeddings); it is added to the hidden
+state before every layer (not concatenated to the input), so a narrow network knows the noise level everywhere.
 """
 
 from __future__ import annotations

@@ -11,21 +11,19 @@ The network knows nothing about betas: it maps ([B, C, H, W] noisy images, [B] t
 [B, C, H, W] prediction, whatever ``GaussianDiffusion`` does with it.
 
 Presets (``UNET_PRESETS``; FLOPs = 2 x multiply-adds of one forward pass for one image, counted with
-``torch.utils.flop_counter``; training throughput = forward + backward at batch 128 on a 2-core CPU):
+``torch.utils.flop_counter``):
 
 - ``"ddpm-cifar10"``: the paper's CIFAR-10 model, 3x32x32, ch 128, ch_mult (1, 2, 2, 2), two res blocks
-  per level, attention at 16x16 and in the middle, dropout 0.1, GroupNorm(32). 35,746,307 parameters:
-  exactly the count of the public converted checkpoint (the layers map one-to-one onto the original
-  TensorFlow ones; the three q, k, v 1x1 layers of each attention block are one 1x1 conv with 3C outputs
-  here, which has the same weights and biases). 12.4 GFLOPs per image.
-- ``"mnist"``: native 28x28 (28 -> 14 -> 7, no padding to 32), chosen for sample quality per CPU-second:
-  ch 32, ch_mult (1, 2, 2), one res block per level, attention only at 7x7 (49 positions: a few percent of
-  the FLOPs) and in the middle, GroupNorm(8), no dropout (a short run on 60k images does not overfit).
-  1,112,801 parameters, 0.38 GFLOPs per image, about 200 training images/s on 2 CPU cores. Two res
-  blocks per level (1.62M, 0.55 GFLOPs, ~135 images/s) learn a little more per step, but at equal CPU
-  time (150 and 450 CPU-seconds) the one-block network reached a lower held-out loss; ch 48 (2.5M,
-  0.85 GFLOPs, ~88 images/s) was worse still; dropping the 7x7 attention made no measurable difference
-  in speed but raised the loss. For long runs, ``num_res_blocks=2`` is the natural step up.
+  per level, attention at 16x16 and in the middle, dropout 0.1, GroupNorm(32) with the original code's
+  epsilon 1e-6, down-sampling padded like TensorFlow's "SAME" (see ``UNetConfig.downsample_pad``).
+  35,746,307 parameters: exactly the count of the public converted checkpoint (the layers map one-to-one
+  onto the original TensorFlow ones; the three q, k, v 1x1 layers of each attention block are one 1x1 conv
+  with 3C outputs here, which has the same weights and biases), and the same function: ``ddpm.convert``
+  loads the authors' weights, and tests/test_convert.py checks the outputs against diffusers. 12.4 GFLOPs
+  per image.
+- ``"mnist"``: native 28x28 (28 -> 14 -> 7, no padding to 32): ch 32, ch_mult (1, 2, 2), one res block per
+  level, attention only at 7x7 and in the middle, GroupNorm(8), no dropout. 1,112,801 parameters,
+  0.38 GFLOPs per image. Why this shape: docs/results.md ("The mnist U-Net").
 - ``"mnist-class"``, ``"mnist-text"``: the same with a class-label or caption conditioner (text:
   cross-attention at 7x7 as well).
 - ``"tiny"``: for tests, 1x28x28, ch 8, ch_mult (1, 2), 41,609 parameters, 0.026 GFLOPs per image.
@@ -47,6 +45,7 @@ from ddpm.nn.conditioning import MNIST_CAPTION_VOCAB, ClassConditioner, TextCond
 from ddpm.nn.embeddings import TimestepEmbedding
 
 CondMode = Literal["none", "class", "text"]
+DownsamplePad = Literal["symmetric", "tf-same"]
 
 
 def _near_multiples(size: int, factor: int) -> str:
@@ -66,7 +65,9 @@ def _divisors(n: int) -> str:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Architecture of the U-Net. The defaults are the paper's CIFAR-10 model (preset "ddpm-cifar10").
+    """Architecture of the U-Net. The defaults are the paper's CIFAR-10 model (preset "ddpm-cifar10"), except
+    ``norm_eps`` and ``downsample_pad``, whose defaults keep the function of the models trained before they
+    existed (the preset sets the paper's values; a checkpoint's config without them loads as before).
 
     Resolutions: level i of the U-Net works at ``image_size // 2**i`` for i < len(ch_mult), with
     ``ch * ch_mult[i]`` channels, so ``image_size`` must be divisible by ``2 ** (len(ch_mult) - 1)``.
@@ -80,6 +81,10 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     num_groups: int = 32  # GroupNorm groups; must divide every channel count
+    norm_eps: float = 1e-5  # GroupNorm epsilon: PyTorch's default; the paper's TensorFlow code uses 1e-6
+    # How the stride-2 3x3 conv pads: "symmetric" = 1 pixel on every side; "tf-same" = TensorFlow's
+    # padding="SAME" for an even size, 0 before and 1 after (right and bottom), as in the paper's code.
+    downsample_pad: DownsamplePad = "symmetric"
     film: bool = False  # FiLM scale-shift h * (1 + s) + b instead of the paper's additive h + b
     cond: CondMode = "none"
     num_classes: int = 10  # for cond="class"
@@ -97,6 +102,9 @@ class UNetConfig:
             object.__setattr__(self, f, tuple(getattr(self, f)))
         if self.cond not in get_args(CondMode):
             raise ValueError(f"unknown cond {self.cond!r}; choose one of {get_args(CondMode)}")
+        if self.downsample_pad not in get_args(DownsamplePad):
+            raise ValueError(f"unknown downsample_pad {self.downsample_pad!r}; choose one of "
+                             f"{get_args(DownsamplePad)}")
         if self.in_channels < 1 or self.ch < 1 or self.num_res_blocks < 1 or not self.ch_mult:
             raise ValueError(
                 f"in_channels, ch and num_res_blocks must be >= 1 and ch_mult non-empty, got "
@@ -173,16 +181,18 @@ class ResBlock(nn.Module):
     h = conv1(SiLU(GN(x)))
     additive (paper):  h = GN(h + W SiLU(emb))
     FiLM:              h = GN(h) * (1 + s) + b,   [s, b] = W SiLU(emb)
-    out = skip(x) + conv2(dropout(SiLU(h)))      (conv2 starts at zero, so the block starts as identity)
+    out = skip(x) + conv2(dropout(SiLU(h)))      (conv2 starts at zero, so the block starts as its skip path:
+                                                  the identity when Cin = Cout, a 1x1 conv otherwise)
     """
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int, film: bool):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int, film: bool,
+                 eps: float = 1e-5):
         super().__init__()
         self.film = film
-        self.norm1 = nn.GroupNorm(num_groups, in_ch)
+        self.norm1 = nn.GroupNorm(num_groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if film else out_ch)
-        self.norm2 = nn.GroupNorm(num_groups, out_ch)
+        self.norm2 = nn.GroupNorm(num_groups, out_ch, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         # A 1x1 conv ("network-in-network") matches channels on the skip path when they change.
@@ -206,9 +216,9 @@ class SelfAttention(nn.Module):
     x + proj(softmax(q k^T / sqrt(C)) v),  q, k, v = 1x1 convs of GN(x); proj starts at zero.
     """
 
-    def __init__(self, ch: int, num_groups: int):
+    def __init__(self, ch: int, num_groups: int, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(num_groups, ch)
+        self.norm = nn.GroupNorm(num_groups, ch, eps=eps)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj_out = nn.Conv2d(ch, ch, 1)
 
@@ -226,9 +236,9 @@ class CrossAttention(nn.Module):
     x + proj(softmax(q k^T / sqrt(C)) v),  q = 1x1 conv of GN(x), k, v = linear maps of the tokens.
     """
 
-    def __init__(self, ch: int, context_dim: int, num_groups: int):
+    def __init__(self, ch: int, context_dim: int, num_groups: int, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(num_groups, ch)
+        self.norm = nn.GroupNorm(num_groups, ch, eps=eps)
         self.q = nn.Conv2d(ch, ch, 1)
         self.kv = nn.Linear(context_dim, 2 * ch)
         self.proj_out = nn.Conv2d(ch, ch, 1)
@@ -242,13 +252,21 @@ class CrossAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """3x3 conv with stride 2: [B, C, H, W] -> [B, C, H/2, W/2]."""
+    """3x3 conv with stride 2: [B, C, H, W] -> [B, C, H/2, W/2].
 
-    def __init__(self, ch: int):
+    pad "symmetric": 1 pixel of zeros on every side; "tf-same": TensorFlow's padding="SAME", which for an
+    even size puts the one pixel it needs after (right, bottom) and none before (the paper's code). The
+    sampling grids differ by one pixel, so the two compute different functions with the same weights.
+    """
+
+    def __init__(self, ch: int, pad: DownsamplePad = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.pad = pad
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1 if pad == "symmetric" else 0)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.pad == "tf-same":
+            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
         return self.conv(x)
 
 
@@ -299,21 +317,20 @@ class UNet(nn.Module):
         emb_dim = 4 * c.ch
         self.time_embed = TimestepEmbedding(c.ch, emb_dim)
 
-        self.conditioner: ClassConditioner | TextConditioner | None = None
-        self.tokenizer: Tokenizer | None = None
+        self.conditioner: ClassConditioner | TextConditioner | None = None  # text: conditioner.tokenizer
         if c.cond == "class":
             self.conditioner = ClassConditioner(c.num_classes, emb_dim)
         elif c.cond == "text":
-            self.tokenizer = Tokenizer(c.vocab)
             self.conditioner = TextConditioner(
-                self.tokenizer, c.max_prompt_len, c.text_dim, c.text_layers, c.text_heads, emb_dim
+                Tokenizer(c.vocab), c.max_prompt_len, c.text_dim, c.text_layers, c.text_heads, emb_dim
             )
 
         def block(in_ch: int, out_ch: int, res: int) -> ResAttnBlock:
             return ResAttnBlock(
-                ResBlock(in_ch, out_ch, emb_dim, c.dropout, c.num_groups, c.film),
-                SelfAttention(out_ch, c.num_groups) if res in c.attn_resolutions else None,
-                CrossAttention(out_ch, c.text_dim, c.num_groups) if res in c.cross_attn_resolutions else None,
+                ResBlock(in_ch, out_ch, emb_dim, c.dropout, c.num_groups, c.film, c.norm_eps),
+                SelfAttention(out_ch, c.num_groups, c.norm_eps) if res in c.attn_resolutions else None,
+                CrossAttention(out_ch, c.text_dim, c.num_groups, c.norm_eps)
+                if res in c.cross_attn_resolutions else None,
             )
 
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
@@ -328,7 +345,7 @@ class UNet(nn.Module):
                 level.blocks.append(block(ch, c.ch * mult, res))
                 ch = c.ch * mult
                 skip_chs.append(ch)
-            level.downsample = Downsample(ch) if i < len(c.ch_mult) - 1 else None
+            level.downsample = Downsample(ch, c.downsample_pad) if i < len(c.ch_mult) - 1 else None
             if level.downsample is not None:
                 skip_chs.append(ch)
             self.down.append(level)
@@ -337,11 +354,11 @@ class UNet(nn.Module):
         cross_mid = c.resolutions[-1] in c.cross_attn_resolutions
         self.mid = nn.ModuleList([
             ResAttnBlock(
-                ResBlock(ch, ch, emb_dim, c.dropout, c.num_groups, c.film),
-                SelfAttention(ch, c.num_groups),
-                CrossAttention(ch, c.text_dim, c.num_groups) if cross_mid else None,
+                ResBlock(ch, ch, emb_dim, c.dropout, c.num_groups, c.film, c.norm_eps),
+                SelfAttention(ch, c.num_groups, c.norm_eps),
+                CrossAttention(ch, c.text_dim, c.num_groups, c.norm_eps) if cross_mid else None,
             ),
-            ResAttnBlock(ResBlock(ch, ch, emb_dim, c.dropout, c.num_groups, c.film), None, None),
+            ResAttnBlock(ResBlock(ch, ch, emb_dim, c.dropout, c.num_groups, c.film, c.norm_eps), None, None),
         ])
 
         # Up path: one more block per level than on the way down, to consume the down-sampling's output too.
@@ -355,14 +372,14 @@ class UNet(nn.Module):
             level.upsample = Upsample(ch) if i > 0 else None
             self.up.append(level)
 
-        self.norm_out = nn.GroupNorm(c.num_groups, ch)
+        self.norm_out = nn.GroupNorm(c.num_groups, ch, eps=c.norm_eps)
         self.conv_out = nn.Conv2d(ch, c.in_channels, 3, padding=1)
         self._init_weights()
 
     def _init_weights(self) -> None:
         """As in the paper's code: Xavier-uniform ("fan_avg") weights, zero biases, and zero for the last
-        layer of every residual branch and of the network, so each block starts as the identity and the
-        initial prediction is eps_theta = 0 (the L_simple loss starts at E[eps^2] = 1)."""
+        layer of every residual branch and of the network, so each residual block starts as its skip path and
+        the initial prediction is eps_theta = 0 (the L_simple loss starts at E[eps^2] = 1)."""
         for name, m in self.named_modules():
             if name.startswith("conditioner"):
                 continue  # the conditioners keep their own init (embedding tables, LayerNorms)
@@ -467,7 +484,9 @@ _MNIST = UNetConfig(
 )
 
 UNET_PRESETS: dict[str, UNetConfig] = {
-    "ddpm-cifar10": UNetConfig(),
+    # The paper's GroupNorm epsilon and down-sampling padding (see UNetConfig): with these, the network is the
+    # same function as the authors' (tests/test_convert.py checks it against diffusers' conversion of it).
+    "ddpm-cifar10": UNetConfig(norm_eps=1e-6, downsample_pad="tf-same"),
     "mnist": _MNIST,
     "mnist-class": dataclasses.replace(_MNIST, cond="class", num_classes=10),
     "mnist-text": dataclasses.replace(

@@ -1,0 +1,298 @@
+"""The benchmark of a preset: the machine's peak, the network's FLOPs, training and sampling speed, memory."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpm.bench.knobs import explore_knobs, profile_steps
+from ddpm.bench.measure import (
+    conv_flops,
+    cpu_name,
+    forward_flops,
+    interleaved,
+    loadavg,
+    loss_backward,
+    matmul_flops,
+    peak_memory_mb,
+    summary,
+    sync,
+    time_calls,
+    train_flops,
+)
+from ddpm.checkpoints import build_diffusion, build_model
+from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
+from ddpm.config import Config, get_preset
+from ddpm.datasets import ImageDataset, dataset_label_names
+from ddpm.samplers import ancestral_sample, ddim_sample
+from ddpm.training import Trainer
+
+__all__ = ["bench_training", "bench_sampling", "run_bench", "GOALS"]
+
+# what the report compares the mnist preset against on a 2-core CPU; reported, never asserted
+GOALS = {"train_mfu": 0.60, "ancestral_64x1000_s": 60.0, "ddim50_64_s": 5.0}
+SAMPLE_FNS = {"ancestral": ancestral_sample, "ddim": ddim_sample}
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _condition(config: Config, n: int, device: torch.device):
+    """The model's condition for n class-balanced samples (ddpm.conditions): labels, prompts or None."""
+    mode = config.model.cond
+    if mode == "none":
+        return None
+    names = dataset_label_names(config.data.dataset)
+    labels = balanced_labels(n, num_conditions(mode, config.model.num_classes, names))
+    cond = condition_for_labels(mode, labels, names, config.data.dataset)
+    return cond.to(device) if isinstance(cond, torch.Tensor) else cond
+
+
+# ------------------------------------------------------------------ training
+def _synthetic_dataset(config: Config, n: int) -> ImageDataset | None:
+    """Random uint8 images and labels shaped like the preset's data (no dataset is loaded or downloaded)."""
+    if config.model_kind == "mlp":
+        return None
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, *config.sample_shape), dtype=torch.uint8, generator=g)
+    names = dataset_label_names(config.data.dataset)
+    labels = torch.randint(0, len(names), (n,), generator=g)
+    return ImageDataset(images, labels, names, name=f"synthetic-{config.data.dataset}", split="train")
+
+
+def _batches(loader, k: int) -> list:
+    """The next k batches of a loader, across epochs if need be (a loader is a cursor: each pass goes on)."""
+    out: list = []
+    while len(out) < k:
+        got = list(itertools.islice(loader, k - len(out)))
+        if not got:
+            raise ValueError("the training data gives no full batch")
+        out += got
+    return out
+
+
+def bench_training(config: Config, device: torch.device, *, steps: int = 10, warmup: int = 2,
+                   bf16: bool = False) -> dict[str, Any]:
+    """Seconds per ``Trainer.train_step`` (forward, backward, clip, optimizer, EMA) at the config's batch
+    size, on synthetic data (images) or the preset's toy points. bf16: autocast on CUDA (the amp option)."""
+    bs = config.train.batch_size
+    config = config.replace(amp=bf16, compile=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp) / "run", device=device, progress=False,
+                          dataset=_synthetic_dataset(config, max(2 * bs, 256)))
+        data = _batches(trainer.loader, 2)
+        calls = itertools.count()
+
+        def step():
+            x0, y = data[next(calls) % 2]
+            trainer.train_step(x0, trainer.condition(y))
+
+        times = time_calls(step, device, steps, warmup)
+    out = summary(times)
+    out.update(batch_size=bs, images_per_s=bs / out["median_s"], images_per_s_best=bs / out["best_s"])
+    return out
+
+
+# ------------------------------------------------------------------ sampling
+def bench_sampling(model, diffusion, shape: tuple[int, ...], cond, device: torch.device, *, steps: int = 5,
+                   repeats: int = 2, guidance: float | None = None, bf16: bool = False) -> dict[str, Any]:
+    """Seconds per sampler step at this batch (shape[0]) for the ancestral sampler and DDIM.
+
+    Each measurement runs the real sampler on a respaced process of ``steps`` steps (a step costs the
+    same whatever the number of steps), best and median of ``repeats`` runs, the cases round-robin. With a
+    conditional model and guidance != 1, the guided steps (two network calls each) are measured too.
+    """
+    cases = {name: (fn, None) for name, fn in SAMPLE_FNS.items()}
+    if cond is not None and guidance not in (None, 1.0):
+        cases.update({f"{name}_guided": (fn, guidance) for name, fn in SAMPLE_FNS.items()})
+
+    def runner(fn, g):
+        def run():
+            gen = torch.Generator(device).manual_seed(0)
+            with _autocast(device, bf16):
+                fn(model, diffusion, shape, cond, steps=steps, guidance_scale=g, generator=gen, device=device)
+        return run
+
+    times = interleaved({name: runner(fn, g) for name, (fn, g) in cases.items()}, device, repeats)
+    return {name: summary(v, per=steps) for name, v in times.items()}
+
+
+def _full_runs(model, diffusion, config: Config, device: torch.device, bf16: bool,
+               guidance: float | None) -> dict[str, float]:
+    """64 images end to end: T ancestral steps, 50 DDIM steps, 50 guided DDIM steps (conditional models)."""
+    cond = _condition(config, 64, device)
+    cases = [("ancestral_64xT_s", ancestral_sample, diffusion.T, None), ("ddim50_s", ddim_sample, 50, None)]
+    if guidance is not None:
+        cases.append(("ddim50_guided_s", ddim_sample, 50, guidance))
+    out = {}
+    for name, fn, steps, g in cases:
+        gen = torch.Generator(device).manual_seed(0)
+        sync(device)
+        start = time.perf_counter()
+        with _autocast(device, bf16):
+            fn(model, diffusion, (64, *config.sample_shape), cond, steps=steps, guidance_scale=g, generator=gen,
+               device=device)
+        sync(device)
+        out[name] = time.perf_counter() - start
+    return out
+
+
+def _sampling(model, diffusion, config: Config, s: dict[str, Any], cond, device: torch.device,
+              bf16: bool) -> dict[str, Any]:
+    """Seconds per step of each sampler, and what they make of 64 images x T (ancestral) and x 50 (DDIM)."""
+    b, T = s["sample_batch"], s["T"]
+    per_step = bench_sampling(model, diffusion, (b, *config.sample_shape), cond, device, steps=s["sample_steps"],
+                              repeats=1 if s["quick"] else 2, guidance=s["guidance"], bf16=bf16)
+    est = {}
+    for suffix in ("", "_guided"):
+        if f"ddim{suffix}" in per_step:
+            est[f"ancestral_64xT{suffix}_s"] = per_step[f"ancestral{suffix}"]["median_s"] * T * 64 / b
+            est[f"ddim50{suffix}_s"] = per_step[f"ddim{suffix}"]["median_s"] * 50 * 64 / b
+    return {"per_step": per_step, "estimated_for_64_images": est}
+
+
+# ------------------------------------------------------------------ the benchmark
+def run_bench(preset: str = "mnist", *, batch_size: int | None = None, sample_batch: int = 64,
+              device: torch.device | str = "cpu", quick: bool = False, full: bool = False,
+              explore: bool = False, profile: bool = False, train_steps: int | None = None,
+              sample_steps: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark for a preset and return the results (see ``ddpm.bench``).
+
+    quick: a few seconds (short matmul, 2 training steps, 2 sampling steps); full: also run 64 x T ancestral
+    and 64 x 50 DDIM steps end to end instead of only extrapolating them.
+    """
+    say = progress or (lambda s: None)
+    device = torch.device(device)
+    config, s = _settings(preset, batch_size, sample_batch, quick, full, train_steps, sample_steps)
+    result: dict[str, Any] = {"machine": _machine(device), "settings": s,
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _reset_peak_memory(device)
+    say("matmul FLOP/s")
+    result.update(_peak_flops(device, quick))
+    torch.manual_seed(0)
+    model = build_model(config).to(device).eval()
+    diffusion = build_diffusion(config).to(device)
+    sample_cond, train_cond = _condition(config, sample_batch, device), _condition(config, s["batch_size"], device)
+    x0 = torch.randn(s["batch_size"], *config.sample_shape, device=device)
+    result["model"] = _model_flops(model, diffusion, sample_batch, sample_cond, x0, train_cond)
+    result["results"] = {}
+    for name in ["fp32"] + (["bf16"] if device.type == "cuda" else []):
+        r = _precision(model, diffusion, config, s, sample_cond, device, name == "bf16", say)
+        _utilization(r["train"], result["model"]["train_flops_per_image"], result["peak"][name],
+                     result["matmul"][name]["flops"])
+        result["results"][name] = r
+    if explore:
+        say("knobs")
+        result["experiments"] = explore_knobs(model, (sample_batch, *config.sample_shape), sample_cond, device,
+                                              repeats=2 if quick else 3,
+                                              train_step=lambda: loss_backward(model, diffusion, x0, train_cond))
+    if profile:
+        say("profile")
+        result["profile"] = profile_steps(model, diffusion, x0, train_cond, device,
+                                          (sample_batch, *config.sample_shape), sample_cond)
+    result["goals"] = _goals(result["results"]["fp32"])
+    result["machine"]["loadavg_end"] = loadavg()
+    return result
+
+
+def _settings(preset: str, batch_size: int | None, sample_batch: int, quick: bool, full: bool,
+              train_steps: int | None, sample_steps: int | None) -> tuple[Config, dict[str, Any]]:
+    """The preset's config (with the training batch) and the benchmark's settings, checked."""
+    config = get_preset(preset)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be positive, got {batch_size}")
+        config = config.replace(batch_size=batch_size)
+    if sample_batch < 1:
+        raise ValueError(f"--sample-batch must be positive, got {sample_batch}")
+    train_steps = train_steps if train_steps is not None else (2 if quick else 10)
+    sample_steps = sample_steps if sample_steps is not None else (2 if quick else 4)
+    if train_steps < 1 or sample_steps < 1:
+        raise ValueError(f"train_steps and sample_steps must be positive, got {train_steps}, {sample_steps}")
+    guidance = config.train.guidance if config.model.cond != "none" else None
+    return config, {"preset": preset, "batch_size": config.train.batch_size, "sample_batch": sample_batch,
+                    "T": config.diffusion.T, "guidance": guidance, "quick": quick, "full": full,
+                    "train_steps": train_steps, "sample_steps": sample_steps}
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    return {"device": str(device), "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "loadavg_start": loadavg()}
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_flops(device: torch.device, quick: bool) -> dict[str, Any]:
+    """The "matmul", "conv" and "peak" entries: the physical limit is the best of the two kernels (matmul is
+    the classic yardstick, the convolution a second witness: see conv_flops), the denominator of the MFU."""
+    sizes, seconds = ((512, 1024), 0.4) if quick else ((1024, 2048), 2.0)
+    matmul = {"fp32": matmul_flops(device, torch.float32, sizes, seconds)}
+    if device.type == "cuda":
+        matmul["bf16"] = matmul_flops(device, torch.bfloat16, (4096, 8192), seconds)
+    conv = {"fp32": conv_flops(device, torch.float32, seconds=seconds / 2)}
+    peak = {name: max(mm["flops"], conv.get(name, {}).get("flops", 0.0)) for name, mm in matmul.items()}
+    return {"matmul": matmul, "conv": conv, "peak": peak}
+
+
+def _model_flops(model, diffusion, sample_batch: int, sample_cond, x0: torch.Tensor, train_cond) -> dict[str, Any]:
+    """Parameters, and FLOPs per image of a sampling forward pass and of a training forward + backward."""
+    x = torch.randn(sample_batch, *x0.shape[1:], device=x0.device)
+    t = torch.randint(0, diffusion.T, (sample_batch,), device=x0.device)
+    fwd = forward_flops(model, x, t, sample_cond) / sample_batch
+    trn = train_flops(model, diffusion, x0, train_cond) / len(x0)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "forward_flops_per_image": fwd,
+            "train_flops_per_image": trn, "train_to_forward_ratio": trn / fwd if fwd else None}
+
+
+def _precision(model, diffusion, config: Config, s: dict[str, Any], sample_cond, device: torch.device, bf16: bool,
+               say: Callable[[str], None]) -> dict[str, Any]:
+    """Sampling, then training, at one precision: times per step, estimates for 64 images, peak memory."""
+    name = "bf16" if bf16 else "fp32"
+    _reset_peak_memory(device)
+    say(f"sampling ({name})")
+    sampling = _sampling(model, diffusion, config, s, sample_cond, device, bf16)
+    if s["full"]:
+        say(f"full sampling runs ({name})")
+        sampling["measured_for_64_images"] = _full_runs(model, diffusion, config, device, bf16, s["guidance"])
+    memory = {"sampling_peak_mb": peak_memory_mb(device)}
+    _reset_peak_memory(device)
+    say(f"training ({name})")
+    train = bench_training(config, device, steps=s["train_steps"], warmup=1 if s["quick"] else 2, bf16=bf16)
+    memory["training_peak_mb"] = peak_memory_mb(device)
+    memory["kind"] = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+                      else "process max RSS (ru_maxrss, cumulative)")
+    return {"sampling": sampling, "memory": memory, "train": train}
+
+
+def _utilization(train: dict[str, Any], flops_per_image: float, peak: float, matmul: float) -> None:
+    """Add the training FLOP/s and the model FLOP utilization (MFU) against the peak and against matmul."""
+    train["train_flops_per_s"] = train["images_per_s"] * flops_per_image
+    train["mfu"] = train["train_flops_per_s"] / peak
+    train["mfu_best"] = train["images_per_s_best"] * flops_per_image / peak
+    train["mfu_vs_matmul"] = train["train_flops_per_s"] / matmul
+
+
+def _goals(fp32: dict[str, Any]) -> dict[str, Any]:
+    """GOALS against the fp32 results: sampling judged on end-to-end runs when --full made them."""
+    est = {**fp32["sampling"]["estimated_for_64_images"], **fp32["sampling"].get("measured_for_64_images", {})}
+    mfu = fp32["train"]["mfu"]
+    goals = {"train_mfu": {"goal": f">= {GOALS['train_mfu']:.0%}", "value": mfu, "met": mfu >= GOALS["train_mfu"]}}
+    for key, goal in (("ancestral_64xT_s", "ancestral_64x1000_s"), ("ddim50_s", "ddim50_64_s"),
+                      ("ddim50_guided_s", "ddim50_64_s")):
+        if key in est:
+            goals[key] = {"goal": f"<= {GOALS[goal]:.0f} s", "value": est[key], "met": est[key] <= GOALS[goal]}
+    return goals

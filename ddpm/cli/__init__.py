@@ -1,0 +1,75 @@
+"""The command line: python -m ddpm {train, sample, export, convert, visualize, evaluate, bench} ...
+
+One thin module per command (``add_arguments(p)`` and ``run(args)`` over importable functions), and
+what they share in ddpm.cli.common. Bad input ends with one line on stderr and exit code 2, never a
+traceback: flags are checked at parse time, output paths before any work, and the errors of the library
+(unknown preset, class out of range, unknown words in a prompt, a missing checkpoint, a locked run, a
+full disk) are printed as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from ddpm._util import LockError, set_threads, shorten
+from ddpm.checkpoints import CheckpointError
+from ddpm.cli import bench, evaluate, export, sample, train, visualize
+from ddpm.cli import convert as convert_cmd
+from ddpm.cli.common import UsageError, resolve_condition, resolve_run
+from ddpm.datasets import DatasetError
+from ddpm.training import TrainingError
+
+__all__ = ["main", "build_parser", "resolve_condition", "resolve_run", "set_threads", "COMMANDS", "UsageError"]
+
+COMMANDS = {  # name: (module, help)
+    "train": (train, "train a model (default: the mnist preset on the shipped MNIST)"),
+    "sample": (sample, "generate images from a trained run"),
+    "export": (export, "write only the EMA weights + config of a run (small file)"),
+    "convert": (convert_cmd, "convert the paper's CIFAR-10 model between diffusers' format and this project's"),
+    "visualize": (visualize, "write figures: forward, schedules, reverse, ..."),
+    "evaluate": (evaluate, "bits/dim and sample quality of a run"),
+    "bench": (bench, "training and sampling speed on this machine"),
+}
+MAX_ERROR = 300  # characters of an error line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'python -m ddpm sample: error: argument --n: ... (see --help)'."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {shorten(message, MAX_ERROR)} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m ddpm", description="An educational DDPM in pure PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_Parser)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or "").strip())
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def _os_error(e: OSError) -> str:
+    where = e.filename if e.filename is not None else "a file"
+    if e.errno == errno.ENOSPC:
+        return f"no space left on the disk while writing {where}; free some space (earlier checkpoints are intact)"
+    return f"cannot write or read {where}: {e.strerror or e}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (UsageError, CheckpointError, DatasetError, TrainingError, LockError, ValueError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {shorten(message, MAX_ERROR)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # FileNotFoundError, PermissionError, a full disk, ...
+        print(f"error: {shorten(_os_error(e), MAX_ERROR)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,214 @@
+"""What every command shares: argument types that check their range at parse time, the device and
+thread flags, finding the run to load, turning --class/--prompt into a condition, and checking output
+paths before any work is done. Every error here is a UsageError: one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ddpm._util import set_threads, shorten
+from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, load_run
+from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
+from ddpm.diffusion import VARIANCES
+from ddpm.runtime import DEVICE_HELP, select_device
+from ddpm.samplers import SAMPLERS, SPACINGS, THRESHOLDS, default_steps
+
+__all__ = ["UsageError", "DEFAULT_RUN", "PRETRAINED", "positive_int", "nonnegative_int", "finite_float",
+           "nonnegative_float", "add_run_flag", "add_sampler_flags", "sampler_options", "add_device_flags",
+           "setup_device", "resolve_run", "load_image_run", "resolve_condition", "class_index", "check_output",
+           "MAX_ECHO"]
+
+DEFAULT_RUN = "runs/mnist"
+PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "mnist.pt"
+MAX_ECHO = 60  # characters of user input echoed back in an error line
+
+
+class UsageError(ValueError):
+    """A bad argument: printed as one line."""
+
+
+# ---------------------------------------------------------------------------------- argument types
+def _number(kind, text: str, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {shorten(text, MAX_ECHO)!r}") from None
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _number(int, text, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _number(int, text, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan, no inf)."""
+    value = _number(float, text, "a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def add_run_flag(p: argparse.ArgumentParser) -> None:
+    """--run: the trained model to load (see resolve_run)."""
+    p.add_argument("--run", default=None, help=f"run folder or exported .pt (default: {DEFAULT_RUN}, else the "
+                                                "shipped pretrained MNIST model)")
+
+
+def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim") -> None:
+    """--sampler, --steps, --spacing, --threshold, --eta and --variance: how to sample, the same on every command."""
+    p.add_argument("--sampler", choices=SAMPLERS, default=default,
+                   help=f"ancestral (the paper's Algorithm 2), ddim, dpmpp-2m or dpmpp-3m (DPM-Solver++; 3m for "
+                        f"unguided sampling) (default: {default})")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default: T for ancestral, 50 for ddim, 20 for "
+                                                      "dpmpp)")
+    p.add_argument("--spacing", choices=SPACINGS, default="uniform",
+                   help="which timesteps a sampler with fewer than T steps visits: uniform in t (default), "
+                        "uniform in lambda = log(alpha/sigma), or karras (rho = 7)")
+    p.add_argument("--threshold", choices=THRESHOLDS, default="clip",
+                   help="predicted x_0 outside [-1, 1]: clip (default), dynamic (Imagen's, percentile 0.995) or none")
+    p.add_argument("--eta", type=nonnegative_float, default=0.0, help="ddim: eta (0: deterministic; 1: "
+                                                                      "ancestral-like)")
+    p.add_argument("--variance", choices=VARIANCES, default="fixed_small",
+                   help="ancestral: sigma_t^2 = beta_tilde (fixed_small, default) or beta (fixed_large)")
+
+
+def sampler_options(args, T: int | None) -> tuple[int | None, dict]:
+    """(steps, keyword arguments for ddpm.samplers.sample) from the sampler flags, checked against the model's T
+    (None: not known yet; steps stays None for the sampler's default)."""
+    steps = args.steps if args.steps is not None or T is None else default_steps(args.sampler, T)
+    if T is not None and steps > T:
+        raise UsageError(f"--steps {steps} is more than this model's T = {T}")
+    options = {"spacing": args.spacing, "threshold": args.threshold}
+    if args.sampler == "ddim":
+        options["eta"] = args.eta
+    elif args.eta != 0.0:
+        raise UsageError(f"--eta is for the ddim sampler, not {args.sampler}")
+    if args.sampler == "ancestral":
+        options["variance"] = args.variance
+    elif args.variance != "fixed_small":
+        raise UsageError(f"--variance is for the ancestral sampler, not {args.sampler}")
+    return steps, options
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    """--device and --threads, the same on every command."""
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice; 1 is "
+                                                        "often faster on a machine that is busy with other work)")
+
+
+def setup_device(args) -> torch.device:
+    """Apply --threads and return the --device (a one-line error for an unknown or absent device)."""
+    set_threads(args.threads)
+    return select_device(args.device)
+
+
+# ---------------------------------------------------------------------------------- runs
+def resolve_run(run: str | None) -> Path:
+    """--run as given, else runs/mnist if it has a checkpoint, else the shipped pretrained model."""
+    if run is not None:
+        return Path(run)
+    if (Path(DEFAULT_RUN) / CHECKPOINT_NAME).exists():
+        return Path(DEFAULT_RUN)
+    if PRETRAINED.exists():
+        return PRETRAINED
+    raise UsageError(f"no --run given and no {DEFAULT_RUN}/{CHECKPOINT_NAME}; train first: python -m ddpm train")
+
+
+def load_image_run(run: str | None, device, use_ema: bool = True) -> LoadedRun:
+    """The run of --run (see resolve_run), refusing a 2D toy model where images are expected."""
+    loaded = load_run(resolve_run(run), device=device, use_ema=use_ema)
+    if loaded.config.model_kind == "mlp":
+        raise UsageError(f"{loaded.path} is a 2D toy model: see python -m ddpm visualize toy --run {loaded.path}")
+    return loaded
+
+
+def class_index(klass: str, loaded: LoadedRun) -> int:
+    """--class as an index: a number or a class name (case-insensitive)."""
+    names = [n.lower() for n in loaded.label_names]
+    num = num_conditions(loaded.cond, loaded.config.model.num_classes, loaded.label_names)
+    if klass.lstrip("-").isdigit():
+        k = int(klass)
+    elif klass.lower() in names:
+        k = names.index(klass.lower())
+    else:
+        known = ", ".join(f"{i}={n}" for i, n in enumerate(loaded.label_names)) or f"0..{num - 1}"
+        raise UsageError(f"--class {shorten(klass, MAX_ECHO)!r} is neither a number nor a class name; classes: {known}")
+    if not 0 <= k < num:
+        raise UsageError(f"--class {k} is out of range: this model has classes 0..{num - 1}")
+    return k
+
+
+def resolve_condition(loaded: LoadedRun, n: int | None, klass: str | None, prompt: str | None):
+    """(cond, n, nrow) for a run: a class label, a prompt, or one row per class; one-line errors otherwise."""
+    mode, names, dataset = loaded.cond, loaded.label_names, loaded.config.data.dataset
+    if klass is not None and prompt is not None:
+        raise UsageError("give --class or --prompt, not both")
+    if mode == "none":
+        if klass is not None or prompt is not None:
+            raise UsageError(f"{loaded.path} is an unconditional model: drop --class/--prompt")
+        return None, n or 64, 8
+    if mode == "class" and prompt is not None:
+        raise UsageError(f"{loaded.path} is class-conditional: use --class, not --prompt")
+    if prompt is not None:
+        if not prompt.strip():
+            raise UsageError("--prompt is empty; give a prompt such as \"a handwritten seven\"")
+        try:
+            loaded.model.conditioner.tokenizer.encode([prompt], loaded.config.model.max_prompt_len)
+        except ValueError as e:
+            raise UsageError(shorten(str(e), 200)) from None
+        return [prompt] * (n or 64), n or 64, 8
+    if klass is not None:
+        labels = torch.full((n or 64,), class_index(klass, loaded), dtype=torch.long)
+        return condition_for_labels(mode, labels, names, dataset), n or 64, 8
+    classes = num_conditions(mode, loaded.config.model.num_classes, names)
+    labels = balanced_labels(n or 8 * classes, classes, grouped=True)
+    return condition_for_labels(mode, labels, names, dataset), len(labels), len(labels) // classes
+
+
+# ---------------------------------------------------------------------------------- output paths
+def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str) -> Path:
+    """Check before any work that ``path`` can be written as a file of one of ``suffixes``: not a folder,
+    a known extension, a parent that is (or can be) a folder we may write in. Creates no file."""
+    path = Path(path)
+    shown = shorten(path, 160)
+    if path.is_dir():
+        raise UsageError(f"{flag} {shown} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag} {shown}: unknown file extension {path.suffix or '(none)'!r}; use "
+                         f"{' or '.join(suffixes)}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {shown}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {shown}: no permission to write in {parent}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {shown}: the file exists and is not writable")
+    return path

@@ -1,0 +1,23 @@
+"""Write only the EMA weights and config of a run: a small file that sample, evaluate and the notebooks load."""
+
+from __future__ import annotations
+
+import argparse
+
+from ddpm.checkpoints import export_model
+from ddpm.cli.common import check_output
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder or checkpoint .pt")
+    p.add_argument("--out", required=True, help="the exported .pt file")
+    p.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
+
+
+def run(args) -> int:
+    out = check_output(args.out, (".pt",), "--out")
+    path = export_model(args.run, out, half=args.half)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0

@@ -1,0 +1,86 @@
+"""Sample from a trained run (EMA weights) and write an image grid; optionally the reverse process as a GIF."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ddpm.checkpoints import CHECKPOINT_NAME
+from ddpm.cli.common import (
+    UsageError,
+    add_device_flags,
+    add_run_flag,
+    add_sampler_flags,
+    check_output,
+    finite_float,
+    load_image_run,
+    nonnegative_int,
+    positive_int,
+    resolve_condition,
+    sampler_options,
+    setup_device,
+)
+from ddpm.samplers import sample
+from ddpm.viz import reverse_trajectory, save_grid, save_reverse_animation
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_flag(p)
+    p.add_argument("--n", type=positive_int, default=None, help="number of images (default: 8 per class, or 64)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    add_sampler_flags(p)
+    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale s (1: none; default: "
+                                                         "the run's config)")
+    p.add_argument("--class", dest="klass", help="class label (index or name, e.g. 7 or seven)")
+    p.add_argument("--prompt", help='text prompt for text-conditioned runs, e.g. "a handwritten seven"')
+    p.add_argument("--trajectory", help="also write the reverse process as an animated GIF to this path")
+    p.add_argument("--out", help="output PNG (default: <run>/samples/sample_<sampler>_seed<seed>.png)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    add_device_flags(p)
+
+
+def _outputs(args, loaded) -> tuple[Path, Path | None]:
+    """The grid's and the GIF's paths, checked before any sampling."""
+    # a run folder gets its samples/ sub-folder; an exported model file writes to ./samples/
+    run_dir = loaded.path.parent if loaded.path.name == CHECKPOINT_NAME else Path(".")
+    out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{args.sampler}_seed{args.seed}.png"
+    out = check_output(out, (".png",), "--out")
+    gif = check_output(args.trajectory, (".gif",), "--trajectory") if args.trajectory else None
+    if gif is not None and gif.resolve() == out.resolve():
+        raise UsageError(f"--trajectory and --out are the same file {out}")
+    return out, gif
+
+
+def run(args) -> int:
+    device = setup_device(args)
+    if args.out:
+        check_output(args.out, (".png",), "--out")  # before loading anything
+    loaded = load_image_run(args.run, device, use_ema=not args.no_ema)
+    out, gif = _outputs(args, loaded)
+    cond, n, nrow = resolve_condition(loaded, args.n, args.klass, args.prompt)
+    if isinstance(cond, torch.Tensor):
+        cond = cond.to(device)
+    steps, options = sampler_options(args, loaded.diffusion.T)
+    guidance = args.guidance if args.guidance is not None else loaded.config.train.guidance
+    if cond is None and args.guidance is not None:
+        raise UsageError(f"{loaded.path} is an unconditional model: --guidance needs a conditional one")
+    kwargs = dict(steps=steps, guidance_scale=guidance if cond is not None else None,
+                  generator=torch.Generator(device).manual_seed(args.seed), device=device, progress=True, **options)
+    shape = (n, *loaded.shape)
+    if gif is not None:  # the same samples (same seed), keeping about 40 moments of the reverse process
+        steps_kept = reverse_trajectory(loaded.model, loaded.diffusion, shape, cond, sampler=args.sampler,
+                                        frames=40, **kwargs)
+        x0 = steps_kept[-1].x_prev
+    else:
+        x0 = sample(loaded.model, loaded.diffusion, shape, cond, sampler=args.sampler, **kwargs)
+    path = save_grid(x0, out, nrow=nrow)
+    print(f"wrote {n} samples ({args.sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "
+          f"from step {loaded.step} of {loaded.path}: {path}")
+    if gif is not None:
+        written = save_reverse_animation(steps_kept, gif, nrow=nrow)
+        print(f"wrote the reverse process ({len(steps_kept)} frames): {written}")
+    return 0

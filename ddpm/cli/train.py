@@ -1,0 +1,129 @@
+"""Train a DDPM. Writes runs/<name>/ with config.json, log.csv, loss_by_t.csv, loss.png, samples/ and
+checkpoint.pt. Ctrl-C stops at the end of the current step and saves; --resume continues exactly."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch.distributed
+
+from ddpm._util import set_threads
+from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint
+from ddpm.cli.common import UsageError, add_device_flags, finite_float, nonnegative_int, positive_int
+from ddpm.config import PRESETS, Config, get_preset
+from ddpm.runtime import setup_distributed
+from ddpm.training import Trainer
+
+__all__ = ["add_arguments", "run", "train_config"]
+
+
+def _positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _decay(text: str) -> float:
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1), got {value}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default: mnist, or the run's own "
+                                                  "with --resume)")
+    p.add_argument("--name", help="run name: the folder runs/<name> (default: the preset name)")
+    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
+    p.add_argument("--resume", action="store_true", help="continue runs/<name> from its checkpoint")
+    p.add_argument("--steps", type=positive_int, help="total optimizer steps")
+    p.add_argument("--minutes", type=_positive_float, help="a time budget: time the first steps, then fix --steps so "
+                                                           "that the run ends after about this many minutes here")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size")
+    p.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    p.add_argument("--cond", choices=("none", "class", "text"), help="conditioning (default: the preset's)")
+    p.add_argument("--seed", type=nonnegative_int)
+    p.add_argument("--sample-every", type=nonnegative_int,
+                   help="write a sample grid every N steps (0: only at the end)")
+    p.add_argument("--ckpt-every", type=nonnegative_int, help="save a checkpoint every N steps (0: only at the end)")
+    p.add_argument("--ema-decay", type=_decay)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_device_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _overrides(args) -> dict:
+    return {k: v for k, v in {
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
+        "compile": True if args.compile else None, "cond": args.cond}.items() if v is not None}
+
+
+def _run_dir(args) -> Path:
+    runs = Path(args.runs_dir)
+    if runs.exists() and not runs.is_dir():
+        raise UsageError(f"--runs-dir {runs} is a file, not a folder")
+    name = args.name or args.preset or "mnist"
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise UsageError(f"--name {name[:60]!r} must be a plain folder name (no '/')")
+    return runs / name
+
+
+def train_config(args, run_dir: Path) -> Config:
+    """The config to train: the preset with the flags; with --resume, the run's own config with the flags."""
+    if not args.resume:
+        return get_preset(args.preset or "mnist", **_overrides(args))
+    saved = Config.from_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"])
+    if args.preset is not None and args.preset != saved.preset:
+        raise UsageError(f"{run_dir} was trained with preset {saved.preset!r}, not {args.preset!r}; drop --preset "
+                         f"to resume it")
+    return saved.replace(**_overrides(args))
+
+
+def _check_load(args) -> None:
+    """Warn when other processes already keep the cores busy: torch's threads then slow down 2-4x."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if args.threads is None and cores > 1 and load > cores - 0.5:
+        print(f"note: this machine is busy (load {load:.1f} on {cores} cores); --threads 1 is often faster then",
+              flush=True)
+
+
+def run(args) -> int:
+    if args.minutes is not None and (args.steps is not None or args.resume):
+        raise UsageError("--minutes fixes the length of a new run: drop --steps, and do not use it with --resume "
+                         "(a resumed run keeps its step count; --steps extends it)")
+    run_dir = _run_dir(args)
+    config = train_config(args, run_dir)
+    dist, device = setup_distributed(dict(os.environ), args.device)
+    set_threads(args.threads)
+    trainer = Trainer(config, run_dir, device=device, resume=args.resume, dist=dist, progress=not args.no_progress)
+    if dist.is_main:
+        print(f"training preset {config.preset!r} on {device} -> {run_dir}"
+              + (f" ({dist.world_size} processes)" if dist.enabled else "")
+              + (f", resuming at step {trainer.step}" if args.resume else ""), flush=True)
+        for change in trainer.changes:
+            print(f"changed on resume: {change}", flush=True)
+    if dist.is_main:
+        _check_load(args)
+    summary = trainer.fit(minutes=args.minutes)
+    if dist.is_main:
+        state = "interrupted; checkpoint saved" if summary["interrupted"] else "done"
+        print(f"{state}: step {summary['step']}/{config.train.steps}, {summary['steps_run']} steps in "
+              f"{summary['wall_s']:.0f} s ({summary['steps_per_s']:.2f} steps/s), final loss "
+              f"{summary['final_loss']:.4f}")
+        if summary["budget"]:
+            b = summary["budget"]
+            print(f"time budget {b['minutes']:g} min: {b['s_per_step']:.3f} s/step measured, so {b['steps']} steps "
+                  f"in all (stored in the config, so --resume keeps it)")
+        print(f"checkpoint: {summary['checkpoint']}")
+        if "samples" in summary:
+            print(f"samples: {summary['samples']}")
+        print(f"next: python -m ddpm sample --run {run_dir}" if not summary["interrupted"]
+              else f"continue: python -m ddpm train --name {run_dir.name} --runs-dir {run_dir.parent} --resume")
+    if dist.enabled:
+        torch.distributed.destroy_process_group()
+    return 0

@@ -1,0 +1,181 @@
+"""The common shape of every image dataset, and loading a folder of your own images.
+
+    ImageDataset.images   uint8 [N, C, H, W], contiguous, held in memory
+    ImageDataset.labels   int64 [N] (or None)
+    to_float(images)      float32 in [-1, 1]  (x / 127.5 - 1: the DDPM paper's data scaling)
+    to_uint8(x)           the inverse, with clamp and round
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm.datasets.base import DatasetError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "load_image_folder", "to_float", "to_uint8"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The common shape: uint8 in memory, [-1, 1] floats for the model
+# ---------------------------------------------------------------------------------------------------
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in {0..255} -> float32 in [-1, 1]: x / 127.5 - 1 (any shape)."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {images.dtype} (already converted?)")
+    return images.to(torch.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float images in [-1, 1] -> uint8 in {0..255}; values outside [-1, 1] are clamped.
+
+    The exact inverse of ``to_float`` on its outputs: to_uint8(to_float(u)) == u.
+    """
+    return ((x.detach().to(torch.float32) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class ImageDataset:
+    """A whole image dataset held in memory.
+
+    images: uint8 [N, C, H, W], contiguous; labels: int64 [N] or None; label_names[k] names class k.
+    ``dataset[i]`` gives ``(image float32 [C, H, W] in [-1, 1], label or None)``, so it also works
+    with torch's DataLoader, though ``BatchLoader`` is much faster for data this small.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    label_names: tuple[str, ...] = ()
+    name: str = ""
+    split: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
+            raise TypeError("ImageDataset.images must be a uint8 tensor [N, C, H, W]")
+        if self.images.dim() != 4:
+            raise ValueError(f"ImageDataset.images must be [N, C, H, W], got {tuple(self.images.shape)}")
+        self.images = self.images.contiguous()
+        if self.labels is not None:
+            self.labels = torch.as_tensor(self.labels, dtype=torch.int64).contiguous()
+            if self.labels.shape != (len(self.images),):
+                raise ValueError(
+                    f"labels must be int64 [N={len(self.images)}], got shape {tuple(self.labels.shape)}"
+                )
+        self.label_names = tuple(self.label_names)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        label = self.labels[index] if self.labels is not None else None
+        return to_float(self.images[index]), label
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        """Height (all built-in datasets are square)."""
+        return self.images.shape[2]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def subset(self, indices: Sequence[int] | torch.Tensor | slice) -> ImageDataset:
+        """A new dataset with the selected images (e.g. ``ds.subset(slice(0, 1000))`` for quick runs)."""
+        if isinstance(indices, slice):
+            images = self.images[indices]
+            labels = self.labels[indices] if self.labels is not None else None
+        else:
+            idx = torch.as_tensor(indices, dtype=torch.int64)
+            images = self.images.index_select(0, idx)
+            labels = self.labels.index_select(0, idx) if self.labels is not None else None
+        return ImageDataset(images.clone(), labels, self.label_names, self.name, self.split)
+
+    def __repr__(self) -> str:
+        n_classes = f", {self.num_classes} classes" if self.label_names else ""
+        split = f" ({self.split})" if self.split else ""
+        return (
+            f"ImageDataset({self.name!r}{split}: {len(self)} x {self.channels} x "
+            f"{self.images.shape[2]} x {self.images.shape[3]} uint8{n_classes})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Your own images
+# ---------------------------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
+    """One image -> uint8 [H, W] or [H, W, 3]: scale the short side to ``image_size``, crop the center."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # photos store their rotation in EXIF
+            if img.mode in ("RGBA", "LA", "P") and (img.mode != "P" or "transparency" in img.info):
+                rgba = img.convert("RGBA")  # transparent pixels become white, not black
+                img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img.alpha_composite(rgba)
+            img = img.convert("L" if channels == 1 else "RGB")
+            w, h = img.size
+            scale = image_size / min(w, h)
+            new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+            img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+            img = img.crop((left, top, left + image_size, top + image_size))
+            return np.array(img, dtype=np.uint8)  # a writable copy
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"{path}: cannot read this image ({exc}); remove or replace it.") from None
+
+
+def load_image_folder(root: str | os.PathLike, image_size: int, channels: int = 3) -> ImageDataset:
+    """Load every image under ``root``, resized (short side) and center-cropped to image_size.
+
+    Images directly in ``root`` form an unlabeled dataset; images in sub-folders get labels from the
+    sub-folder names (sorted, label_names = folder names), like ``root/cat/*.jpg``, ``root/dog/*.jpg``.
+    channels: 1 (grayscale) or 3 (RGB). Returns uint8 [N, channels, image_size, image_size].
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder of images.")
+    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and _images_under(d)]
+    if class_dirs and loose:
+        raise DatasetError(
+            f"{root}: has images both directly inside it ({loose[0].name}, ...) and in sub-folders "
+            f"({class_dirs[0].name}/, ...). Put all images in class sub-folders, or all in one folder."
+        )
+    if class_dirs:
+        files = [(p, k) for k, d in enumerate(class_dirs) for p in _images_under(d)]
+        label_names = tuple(d.name for d in class_dirs)
+    else:
+        files = [(p, -1) for p in loose]
+        label_names = ()
+    if not files:
+        raise DatasetError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}).")
+    images = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8)
+    for i, (path, _) in enumerate(files):
+        array = _load_image(path, image_size, channels)
+        images[i] = torch.from_numpy(array.reshape(image_size, image_size, channels)).permute(2, 0, 1)
+    labels = torch.tensor([k for _, k in files], dtype=torch.int64) if class_dirs else None
+    return ImageDataset(images, labels, label_names, name=root.resolve().name)

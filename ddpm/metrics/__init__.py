@@ -1,0 +1,49 @@
+"""Evaluate a trained run: bits/dim under the variational bound, and the quality of its samples.
+
+Two families of numbers:
+
+- **Bits/dim** of test images under the variational bound of Ho et al. (Eq. 5), split into its terms:
+  the prior L_T, the decoder L_0 and the KL terms L_{t-1} summed over ranges of t. The bound needs one
+  network evaluation per image and timestep (T of them per image), so it is measured on a small subset
+  of the test set (``bits_per_dim_dataset``; the bound itself lives in ``ddpm.likelihood``).
+- **Sample quality** for MNIST-like data (MNIST, Fashion-MNIST): a small CNN classifier, trained once on
+  the training set and cached under ``data/classifiers/<dataset>.pt``, judges generated images. The
+  *conditional accuracy* asks: does a sample generated for class c get classified as c? The *Frechet
+  distance* compares the Gaussians fitted to the classifier's penultimate-layer features of generated
+  and test images; next to it stands the real-data floor, the same distance between as many training
+  images and the test set. This is NOT the Inception FID of the literature: its values are not
+  comparable with published FID numbers, only with each other. For CIFAR-10, the standard Inception FID
+  is computed when pytorch-fid (with its weights already downloaded) is installed; otherwise a message
+  says so.
+
+    classifier.py   SmallCNN, training and caching it, its features, conditional accuracy
+    frechet.py      feature statistics, the Frechet distance, Inception FID (optional dependencies)
+    evaluate.py     bits/dim of a dataset, class-balanced samples, evaluate_run and its report table
+
+The command ``python -m ddpm evaluate`` lives in ``ddpm.cli.evaluate``.
+"""
+
+from ddpm.likelihood import NUM_T_RANGES
+from ddpm.metrics.classifier import (
+    CLASSIFIER_DATASETS,
+    SmallCNN,
+    classifier_features,
+    classifier_path,
+    conditional_accuracy,
+    load_or_train_classifier,
+    train_classifier,
+)
+from ddpm.metrics.evaluate import (
+    FRECHET_NOTE,
+    bits_per_dim_dataset,
+    evaluate_run,
+    format_report,
+    generate_samples,
+    report_path,
+)
+from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
+
+__all__ = ["bits_per_dim_dataset", "SmallCNN", "train_classifier", "load_or_train_classifier", "classifier_path",
+           "classifier_features", "feature_statistics", "frechet_distance", "conditional_accuracy",
+           "generate_samples", "inception_fid", "evaluate_run", "report_path", "format_report",
+           "CLASSIFIER_DATASETS", "NUM_T_RANGES", "FRECHET_NOTE"]

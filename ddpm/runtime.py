@@ -1,0 +1,72 @@
+"""Where a run executes: the device (cuda, mps or cpu) and DistributedDataParallel setup under torchrun."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed
+
+__all__ = ["DEVICE_HELP", "select_device", "DistInfo", "setup_distributed"]
+
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """"auto": cuda, then mps, then cpu; otherwise the named device, with a one-line error if it is
+    not a device name or not present on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(name)[:40]!r}; expected {DEVICE_HELP}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not supported here; expected {DEVICE_HELP}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s)")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available here; use --device cpu or auto")
+    return device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Which process this is in a DistributedDataParallel job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(env: dict[str, str], device_name: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Start DDP if torchrun set RANK/WORLD_SIZE (nccl on GPUs, gloo on CPUs); return (info, device)."""
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), select_device(device_name)
+    info = DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
+    device = select_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info, device
