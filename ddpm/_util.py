@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -22,7 +24,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ["check_mode", "check_threads", "set_threads", "num_threads", "eval_mode", "atomic_write",
            "write_text_atomic", "remove_stale_temporaries", "shorten", "select_condition", "FolderLock",
-           "LockError"]
+           "LockError", "stop_on_sigint"]
 
 
 def check_mode(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -84,6 +86,26 @@ def select_condition(cond, idx: torch.Tensor):
     if isinstance(cond, torch.Tensor):
         return cond[idx.to(cond.device)]
     return [cond[i] for i in idx.tolist()]
+
+
+@contextlib.contextmanager
+def stop_on_sigint(request_stop: Callable[[], None]) -> Iterator[None]:
+    """Inside the block, Ctrl-C (SIGINT) calls ``request_stop()`` instead of raising KeyboardInterrupt, so a
+    loop can stop at a clean boundary; a second Ctrl-C raises as usual. Outside the main thread (where no
+    signal handler can be installed) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        request_stop()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 TMP_SUFFIX = ".tmp"

@@ -24,8 +24,8 @@ DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "toy2d"]
 Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset",
-           "with_conditioning"]
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset", "resume_changes",
+           "RESUMABLE_CHANGES", "with_conditioning"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,28 @@ class Config:
             sections[name] = dataclasses.replace(sections[name], **{key: value})
         sections.update({k: v for k, v in top.items() if k != "preset"})
         return Config(preset=top.get("preset", self.preset), **sections)
+
+
+# Settings that --resume may change: they do not alter the path of the optimization that is already done
+# (steps stretches a cosine schedule from here on; the rest is bookkeeping). Any other change is refused.
+RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "sample_every", "sample_steps", "guidance", "compile",
+                     "amp")
+
+
+def resume_changes(saved: Config, requested: Config) -> list[str]:
+    """What ``requested`` changes in a run saved with ``saved``, as "name: old -> new" lines. Raises a
+    ValueError naming every change that would make the resumed run a different training."""
+    if saved.model != requested.model or saved.diffusion != requested.diffusion or saved.data != requested.data:
+        raise ValueError(f"this run was trained with preset {saved.preset!r} and a different network, diffusion "
+                         f"or data; resume it with the same settings, or start a new --name")
+    old, new = saved.to_dict()["train"], requested.to_dict()["train"]
+    changed = {k: (old[k], new[k]) for k in old if old[k] != new.get(k)}
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if refused:
+        shown = ", ".join(f"{k} ({changed[k][0]} -> {changed[k][1]})" for k in refused)
+        raise ValueError(f"--resume cannot change {shown}: the resumed run would not continue the same "
+                         f"training; resume without these flags, or start a new --name")
+    return [f"{k}: {a} -> {b}" for k, (a, b) in changed.items()]
 
 
 def _build(cls, d: dict[str, Any]):

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["lr_factor", "EMA"]
+__all__ = ["lr_factor", "EMA", "steps_for_budget"]
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -42,3 +42,11 @@ class EMA:
         for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
         self.updates += 1
+
+
+def steps_for_budget(seconds_left: float, s_per_step: float, step: int, sample_steps: int, batch_size: int) -> int:
+    """The total step count of a run at ``step`` that ends within ``seconds_left`` at ``s_per_step``, leaving
+    time for the final grid: 80 guided images over sample_steps, each forward about a third of a training
+    image's forward + backward, so about 2 * sample_steps * 80 / (3 * batch_size) training steps' time."""
+    grid = s_per_step * 2 * sample_steps * 80 / (3 * batch_size)
+    return max(step + int((seconds_left - grid) / s_per_step), step, 1)

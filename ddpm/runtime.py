@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed
 
-__all__ = ["DEVICE_HELP", "select_device", "DistInfo", "setup_distributed"]
+__all__ = ["DEVICE_HELP", "select_device", "DistInfo", "setup_distributed", "rng_state", "set_rng_state"]
 
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
 
@@ -70,3 +70,18 @@ def setup_distributed(env: dict[str, str], device_name: str = "auto") -> tuple[D
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return info, device
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global random number generators' states that a run on ``device`` draws from (CPU, and CUDA's)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(device: torch.device, state: dict[str, torch.Tensor]) -> None:
+    """Restore what rng_state returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -18,10 +18,7 @@ an interrupted and resumed run produces the same losses and weights as an uninte
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +29,7 @@ import torch.distributed
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ddpm._util import FolderLock, remove_stale_temporaries, write_text_atomic
+from ddpm._util import FolderLock, remove_stale_temporaries, stop_on_sigint, write_text_atomic
 from ddpm.checkpoints import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -42,43 +39,23 @@ from ddpm.checkpoints import (
     load_checkpoint,
     save_atomic,
 )
-from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
-from ddpm.config import Config
+from ddpm.conditions import condition_for_labels
+from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
 from ddpm.datasets import BatchLoader, captions_for, load_dataset, toy2d
-from ddpm.optim import EMA, lr_factor
+from ddpm.optim import EMA, lr_factor, steps_for_budget
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
-from ddpm.runtime import DistInfo, select_device, setup_distributed
+from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
 from ddpm.samplers import ddim_sample
-from ddpm.viz import plot_loss_curve, plot_points, save_grid
+from ddpm.viz import class_grid, plot_loss_curve, plot_points, save_grid
 
 __all__ = ["Trainer", "TrainingError", "EMA", "DistInfo", "select_device", "setup_distributed",
            "lr_factor", "condition_for_labels", "NUM_T_BUCKETS", "RESUMABLE_CHANGES", "resume_changes"]
 
-# Settings that --resume may change: they do not alter the path of the optimization that is already done
-# (steps stretches a cosine schedule from here on; the rest is bookkeeping). Any other change is refused.
 BUDGET_WARMUP, BUDGET_TIMED = 2, 8  # steps run before timing (one-time costs), and steps timed, for fit(minutes=)
-RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "sample_every", "sample_steps", "guidance", "compile",
-                     "amp")
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, mismatched resume); the message says why and what to do."""
-
-
-def resume_changes(saved: Config, requested: Config) -> list[str]:
-    """What ``requested`` changes in a run saved with ``saved``, as "name: old -> new" lines. Raises a
-    TrainingError naming every change that would make the resumed run a different training."""
-    if saved.model != requested.model or saved.diffusion != requested.diffusion or saved.data != requested.data:
-        raise TrainingError(f"this run was trained with preset {saved.preset!r} and a different network, diffusion "
-                            f"or data; resume it with the same settings, or start a new --name")
-    old, new = saved.to_dict()["train"], requested.to_dict()["train"]
-    changed = {k: (old[k], new[k]) for k in old if old[k] != new.get(k)}
-    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
-    if refused:
-        shown = ", ".join(f"{k} ({changed[k][0]} -> {changed[k][1]})" for k in refused)
-        raise TrainingError(f"--resume cannot change {shown}: the resumed run would not continue the same "
-                            f"training; resume without these flags, or start a new --name")
-    return [f"{k}: {a} -> {b}" for k, (a, b) in changed.items()]
 
 
 class Trainer:
@@ -214,17 +191,6 @@ class Trainer:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def _rng_state(self) -> dict[str, torch.Tensor]:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return rng
-
-    def _set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
-        torch.set_rng_state(rng["torch"].cpu())
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": 1,
@@ -236,7 +202,7 @@ class Trainer:
             "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": self._gather(self._rng_state()),
+            "rng": self._gather(rng_state(self.device)),
             "loader": self._gather(self.loader.state_dict()),
             "caption_rng": self._gather(self.caption_gen.get_state()),
             "runlog": self.log.state_dict() if self.log is not None else None,
@@ -252,7 +218,10 @@ class Trainer:
 
     def _resume(self) -> list[str]:
         ckpt = load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device)
-        changes = resume_changes(Config.from_dict(ckpt["config"]), self.config)
+        try:
+            changes = resume_changes(Config.from_dict(ckpt["config"]), self.config)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         if len(ckpt["rng"]) != self.dist.world_size:
             raise TrainingError(f"{self.run_dir} was trained on {len(ckpt['rng'])} processes; resume it on as many")
         self.model.load_state_dict(ckpt["model"])
@@ -262,7 +231,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = self.saved_step = int(ckpt["step"])
         r = self.dist.rank
-        self._set_rng_state(ckpt["rng"][r])
+        set_rng_state(self.device, ckpt["rng"][r])
         self.loader.load_state_dict(ckpt["loader"][r])
         self.caption_gen.set_state(ckpt["caption_rng"][r].cpu())
         if self.log is not None and ckpt.get("runlog"):
@@ -271,13 +240,13 @@ class Trainer:
 
     def _boundary(self) -> tuple:
         """What one step consumes besides the weights: the RNG states and the loader's cursor."""
-        return self.step, self._rng_state(), self.loader.state_dict(), self.caption_gen.get_state()
+        return self.step, rng_state(self.device), self.loader.state_dict(), self.caption_gen.get_state()
 
     def _restore_boundary(self, boundary: tuple) -> None:
         """Give back what an unfinished step consumed (its batch and its random draws)."""
         step, rng, loader, captions = boundary
         if self.step == step:  # the step did not complete: the weights are those of the boundary
-            self._set_rng_state(rng)
+            set_rng_state(self.device, rng)
             self.loader.load_state_dict(loader)
             self.caption_gen.set_state(captions)
 
@@ -286,42 +255,20 @@ class Trainer:
     def write_samples(self) -> Path:
         """A grid from the EMA model (DDIM, guidance for conditional models): one row per class."""
         tc, m = self.config.train, self.config.model
-        g = torch.Generator(self.device).manual_seed(1234)
         path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
         if self.config.model_kind == "mlp":
+            g = torch.Generator(self.device).manual_seed(1234)
             x = ddim_sample(self.ema.model, self.diffusion, (2000, m.dim), steps=tc.sample_steps, generator=g,
                             device=self.device, clip_denoised=False)
             return plot_points(x, title=f"{self.config.data.toy}, step {self.step}", path=path)
-        classes = num_conditions(m.cond, getattr(m, "num_classes", 0), self.label_names)
-        labels = balanced_labels(8 * classes, classes, grouped=True) if classes else None
-        cond = condition_for_labels(m.cond, labels, self.label_names, self.config.data.dataset) if classes else None
-        if isinstance(cond, torch.Tensor):
-            cond = cond.to(self.device)
-        n = 64 if cond is None else len(labels)
-        x = ddim_sample(self.ema.model, self.diffusion, (n, m.in_channels, m.image_size, m.image_size), cond,
-                        steps=tc.sample_steps, guidance_scale=tc.guidance if cond is not None else None,
-                        generator=g, device=self.device)
-        return save_grid(x, path, nrow=8)
+        x, nrow = class_grid(self.ema.model, self.diffusion, self.config.sample_shape, m.cond, self.label_names,
+                             self.config.data.dataset, getattr(m, "num_classes", 0), steps=tc.sample_steps,
+                             guidance=tc.guidance, device=self.device)
+        return save_grid(x, path, nrow=nrow)
 
     # ------------------------------------------------------------------ the loop
-    @contextlib.contextmanager
-    def _stop_on_sigint(self) -> Iterator[None]:
-        """Ctrl-C (SIGINT) asks the loop to stop at the end of the current step; a second one interrupts at
-        once (KeyboardInterrupt; the last checkpoint stays). Outside the main thread nothing is installed."""
-        self.stop_requested = False
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request_stop(signum, frame):
-            self.stop_requested = True
-            signal.signal(signal.SIGINT, previous)
-
-        previous = signal.signal(signal.SIGINT, request_stop)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    def _request_stop(self) -> None:
+        self.stop_requested = True
 
     def _should_stop(self) -> bool:
         if not self.dist.enabled:
@@ -381,20 +328,18 @@ class Trainer:
             marks["timed_from"] = time.perf_counter()
         if done < BUDGET_WARMUP + BUDGET_TIMED:
             return None
-        now = time.perf_counter()
+        now, tc = time.perf_counter(), self.config.train
         per_step = (now - marks["timed_from"]) / BUDGET_TIMED
-        tc = self.config.train
-        grid = per_step * 2 * tc.sample_steps * 80 / (3 * tc.batch_size)  # 80 guided images ~ 1/3 of a train step each
-        total = self.step + max(0, int((minutes * 60 - (now - start) - grid) / per_step))
+        total = steps_for_budget(minutes * 60 - (now - start), per_step, self.step, tc.sample_steps, tc.batch_size)
         if self.dist.enabled:  # every rank takes rank 0's count
             count = torch.tensor([total], device=self.device)
             torch.distributed.broadcast(count, src=0)
             total = int(count.item())
-        self.config = self.config.replace(steps=max(total, self.step, 1))
-        self.budget = {"minutes": minutes, "s_per_step": round(per_step, 4), "steps": self.config.train.steps}
+        self.config = self.config.replace(steps=total)
+        self.budget = {"minutes": minutes, "s_per_step": round(per_step, 4), "steps": total}
         if self.dist.is_main:
             write_text_atomic(self.run_dir / CONFIG_NAME, config_json(self.config))
-        return self.config.train.steps
+        return total
 
     def _fit(self, until: int | None, final_samples: bool, minutes: float | None) -> dict[str, Any]:
         stop = min(self.config.train.steps, until) if until is not None else self.config.train.steps
@@ -406,9 +351,9 @@ class Trainer:
         bar = tqdm(total=stop, initial=self.step, desc=f"train {self.config.preset}", unit="step",
                    dynamic_ncols=True) if self.progress else None
         batches, first, start, interrupted = self.loader.forever(), self.step, time.perf_counter(), False
-        self.last_loss, marks = float("nan"), {}
+        self.last_loss, self.stop_requested, marks = float("nan"), False, {}
         try:
-            with self._stop_on_sigint():
+            with stop_on_sigint(self._request_stop):
                 while self.step < stop and not self._should_stop():
                     self._run_step(batches, log, bar)
                     planned = self._plan_budget(minutes, start, first, marks) if minutes and not self.budget else None

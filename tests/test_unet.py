@@ -233,3 +233,14 @@ def test_tiny_overfits_eight_mnist_images():
         loss.backward()
         opt.step()
     assert eval_loss() < 0.15 * start
+
+
+def test_the_shipped_model_loads_into_todays_network():
+    """data/pretrained/mnist.pt was made by an earlier version of the code: its weights must still fit."""
+    from pathlib import Path
+
+    from ddpm.checkpoints import load_run
+
+    path = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "mnist.pt"
+    run = load_run(path)
+    assert sum(p.numel() for p in run.model.parameters()) == 1_114_209 and run.cond == "class"

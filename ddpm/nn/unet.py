@@ -38,14 +38,13 @@ from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from ddpm.nn.conditioning import MNIST_CAPTION_VOCAB, ClassConditioner, TextConditioner, Tokenizer, attention
+from ddpm.nn.conditioning import MNIST_CAPTION_VOCAB, ClassConditioner, TextConditioner, Tokenizer
 from ddpm.nn.embeddings import TimestepEmbedding
+from ddpm.nn.layers import CrossAttention, Downsample, DownsamplePad, ResAttnBlock, ResBlock, SelfAttention, Upsample
 
 CondMode = Literal["none", "class", "text"]
-DownsamplePad = Literal["symmetric", "tf-same"]
 
 
 def _near_multiples(size: int, factor: int) -> str:
@@ -169,137 +168,6 @@ class UNetConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Building blocks
-# ---------------------------------------------------------------------------------------------------------
-
-
-class ResBlock(nn.Module):
-    """Residual block with the time (+ condition) embedding injected.
-
-    x [B, Cin, H, W], emb [B, E] -> [B, Cout, H, W]:
-
-    h = conv1(SiLU(GN(x)))
-    additive (paper):  h = GN(h + W SiLU(emb))
-    FiLM:              h = GN(h) * (1 + s) + b,   [s, b] = W SiLU(emb)
-    out = skip(x) + conv2(dropout(SiLU(h)))      (conv2 starts at zero, so the block starts as its skip path:
-                                                  the identity when Cin = Cout, a 1x1 conv otherwise)
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int, film: bool,
-                 eps: float = 1e-5):
-        super().__init__()
-        self.film = film
-        self.norm1 = nn.GroupNorm(num_groups, in_ch, eps=eps)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if film else out_ch)
-        self.norm2 = nn.GroupNorm(num_groups, out_ch, eps=eps)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        # A 1x1 conv ("network-in-network") matches channels on the skip path when they change.
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        e = self.emb_proj(F.silu(emb))
-        if self.film:
-            scale, shift = rearrange(e, "b (two c) -> two b c 1 1", two=2)
-            h = self.norm2(h) * (1 + scale) + shift
-        else:
-            h = self.norm2(h + rearrange(e, "b c -> b c 1 1"))
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
-
-
-class SelfAttention(nn.Module):
-    """Single-head self-attention over the H*W positions, as in the paper.  [B, C, H, W] -> [B, C, H, W].
-
-    x + proj(softmax(q k^T / sqrt(C)) v),  q, k, v = 1x1 convs of GN(x); proj starts at zero.
-    """
-
-    def __init__(self, ch: int, num_groups: int, eps: float = 1e-5):
-        super().__init__()
-        self.norm = nn.GroupNorm(num_groups, ch, eps=eps)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj_out = nn.Conv2d(ch, ch, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        H = x.shape[2]
-        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three c) h w -> three b (h w) c", three=3)
-        a = attention(q, k, v)  # [B, H*W, C]
-        return x + self.proj_out(rearrange(a, "b (h w) c -> b c h w", h=H))
-
-
-class CrossAttention(nn.Module):
-    """Image positions attend to the text tokens.
-
-    x [B, C, H, W], context [B, L, D] (the encoded prompt), mask [B, L] (False at <pad>) -> [B, C, H, W]:
-    x + proj(softmax(q k^T / sqrt(C)) v),  q = 1x1 conv of GN(x), k, v = linear maps of the tokens.
-    """
-
-    def __init__(self, ch: int, context_dim: int, num_groups: int, eps: float = 1e-5):
-        super().__init__()
-        self.norm = nn.GroupNorm(num_groups, ch, eps=eps)
-        self.q = nn.Conv2d(ch, ch, 1)
-        self.kv = nn.Linear(context_dim, 2 * ch)
-        self.proj_out = nn.Conv2d(ch, ch, 1)
-
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
-        H = x.shape[2]
-        q = rearrange(self.q(self.norm(x)), "b c h w -> b (h w) c")
-        k, v = rearrange(self.kv(context), "b l (two c) -> two b l c", two=2)
-        a = attention(q, k, v, key_mask=mask)  # [B, H*W, C]
-        return x + self.proj_out(rearrange(a, "b (h w) c -> b c h w", h=H))
-
-
-class Downsample(nn.Module):
-    """3x3 conv with stride 2: [B, C, H, W] -> [B, C, H/2, W/2].
-
-    pad "symmetric": 1 pixel of zeros on every side; "tf-same": TensorFlow's padding="SAME", which for an
-    even size puts the one pixel it needs after (right, bottom) and none before (the paper's code). The
-    sampling grids differ by one pixel, so the two compute different functions with the same weights.
-    """
-
-    def __init__(self, ch: int, pad: DownsamplePad = "symmetric"):
-        super().__init__()
-        self.pad = pad
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1 if pad == "symmetric" else 0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.pad == "tf-same":
-            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour 2x then a 3x3 conv: [B, C, H, W] -> [B, C, 2H, 2W]."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-class ResAttnBlock(nn.Module):
-    """One step of a U-Net level: ResBlock, then self-attention and text cross-attention where enabled."""
-
-    def __init__(self, res: ResBlock, attn: SelfAttention | None, cross: CrossAttention | None):
-        super().__init__()
-        self.res = res
-        self.attn = attn
-        self.cross = cross
-
-    def forward(self, h: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
-        h = self.res(h, emb)
-        if self.attn is not None:
-            h = self.attn(h)
-        if self.cross is not None:
-            h = self.cross(h, context, mask)
-        return h
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The U-Net
 # ---------------------------------------------------------------------------------------------------------
 
@@ -314,67 +182,71 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = c = config
-        emb_dim = 4 * c.ch
-        self.time_embed = TimestepEmbedding(c.ch, emb_dim)
-
+        self.emb_dim = 4 * c.ch
+        self.time_embed = TimestepEmbedding(c.ch, self.emb_dim)
         self.conditioner: ClassConditioner | TextConditioner | None = None  # text: conditioner.tokenizer
         if c.cond == "class":
-            self.conditioner = ClassConditioner(c.num_classes, emb_dim)
+            self.conditioner = ClassConditioner(c.num_classes, self.emb_dim)
         elif c.cond == "text":
             self.conditioner = TextConditioner(
-                Tokenizer(c.vocab), c.max_prompt_len, c.text_dim, c.text_layers, c.text_heads, emb_dim
+                Tokenizer(c.vocab), c.max_prompt_len, c.text_dim, c.text_layers, c.text_heads, self.emb_dim
             )
-
-        def block(in_ch: int, out_ch: int, res: int) -> ResAttnBlock:
-            return ResAttnBlock(
-                ResBlock(in_ch, out_ch, emb_dim, c.dropout, c.num_groups, c.film, c.norm_eps),
-                SelfAttention(out_ch, c.num_groups, c.norm_eps) if res in c.attn_resolutions else None,
-                CrossAttention(out_ch, c.text_dim, c.num_groups, c.norm_eps)
-                if res in c.cross_attn_resolutions else None,
-            )
-
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
+        skip_chs, ch = self._build_down()
+        # Middle block at the lowest resolution: res, self-attention (always, as in the paper), res.
+        low = c.resolutions[-1]
+        self.mid = nn.ModuleList([self._block(ch, ch, low, self_attn=True),
+                                  self._block(ch, ch, low, self_attn=False, cross=False)])
+        ch = self._build_up(skip_chs, ch)
+        self.norm_out = nn.GroupNorm(c.num_groups, ch, eps=c.norm_eps)
+        self.conv_out = nn.Conv2d(ch, c.in_channels, 3, padding=1)
+        self._init_weights()
 
-        # Down path; skip_chs records the channels of every activation the up path will concatenate.
+    def _block(self, in_ch: int, out_ch: int, res: int, self_attn: bool | None = None,
+               cross: bool | None = None) -> ResAttnBlock:
+        """A residual block, with self-attention (default: where attn_resolutions says) and cross-attention
+        (default: where cross_attn_resolutions says) at resolution ``res``."""
+        c = self.config
+        self_attn = res in c.attn_resolutions if self_attn is None else self_attn
+        cross = res in c.cross_attn_resolutions if cross is None else cross
+        return ResAttnBlock(
+            ResBlock(in_ch, out_ch, self.emb_dim, c.dropout, c.num_groups, c.film, c.norm_eps),
+            SelfAttention(out_ch, c.num_groups, c.norm_eps) if self_attn else None,
+            CrossAttention(out_ch, c.text_dim, c.num_groups, c.norm_eps) if cross else None,
+        )
+
+    def _build_down(self) -> tuple[list[int], int]:
+        """The down path; returns the channels of every activation the up path concatenates, and the last."""
+        c = self.config
         self.down = nn.ModuleList()
         skip_chs, ch = [c.ch], c.ch
         for i, (mult, res) in enumerate(zip(c.ch_mult, c.resolutions, strict=True)):
             level = nn.Module()
             level.blocks = nn.ModuleList()
             for _ in range(c.num_res_blocks):
-                level.blocks.append(block(ch, c.ch * mult, res))
+                level.blocks.append(self._block(ch, c.ch * mult, res))
                 ch = c.ch * mult
                 skip_chs.append(ch)
             level.downsample = Downsample(ch, c.downsample_pad) if i < len(c.ch_mult) - 1 else None
             if level.downsample is not None:
                 skip_chs.append(ch)
             self.down.append(level)
+        return skip_chs, ch
 
-        # Middle block at the lowest resolution: res, self-attention (always, as in the paper), res.
-        cross_mid = c.resolutions[-1] in c.cross_attn_resolutions
-        self.mid = nn.ModuleList([
-            ResAttnBlock(
-                ResBlock(ch, ch, emb_dim, c.dropout, c.num_groups, c.film, c.norm_eps),
-                SelfAttention(ch, c.num_groups, c.norm_eps),
-                CrossAttention(ch, c.text_dim, c.num_groups, c.norm_eps) if cross_mid else None,
-            ),
-            ResAttnBlock(ResBlock(ch, ch, emb_dim, c.dropout, c.num_groups, c.film, c.norm_eps), None, None),
-        ])
-
-        # Up path: one more block per level than on the way down, to consume the down-sampling's output too.
+    def _build_up(self, skip_chs: list[int], ch: int) -> int:
+        """The up path: one more block per level than on the way down, to consume the down-sampling's output
+        too. Returns the channels of its output."""
+        c = self.config
         self.up = nn.ModuleList()
         for i in reversed(range(len(c.ch_mult))):
             level = nn.Module()
             level.blocks = nn.ModuleList()
             for _ in range(c.num_res_blocks + 1):
-                level.blocks.append(block(ch + skip_chs.pop(), c.ch * c.ch_mult[i], c.resolutions[i]))
+                level.blocks.append(self._block(ch + skip_chs.pop(), c.ch * c.ch_mult[i], c.resolutions[i]))
                 ch = c.ch * c.ch_mult[i]
             level.upsample = Upsample(ch) if i > 0 else None
             self.up.append(level)
-
-        self.norm_out = nn.GroupNorm(c.num_groups, ch, eps=c.norm_eps)
-        self.conv_out = nn.Conv2d(ch, c.in_channels, 3, padding=1)
-        self._init_weights()
+        return ch
 
     def _init_weights(self) -> None:
         """As in the paper's code: Xavier-uniform ("fan_avg") weights, zero biases, and zero for the last

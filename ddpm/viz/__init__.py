@@ -1,6 +1,6 @@
 """Pictures of diffusion: image grids, forward and reverse trajectories, schedules, losses and 2D toys.
 
-    grids     make_grid, save_grid, plot_images, plot_image_table (and the helpers every figure shares)
+    grids     make_grid, save_grid, plot_images, plot_image_table, class_grid (and the helpers every figure shares)
     forward   the forward process: trajectories, chain vs closed form, histograms, schedules, small-T pitfall
     network   the timestep embedding, the shapes through the U-Net
     reverse   reverse_trajectory (a list of ddpm.samplers.Step), x_t beside predicted x_0, the GIF
@@ -29,7 +29,7 @@ from ddpm.viz.forward import (
     plot_schedules,
     plot_small_T_pitfall,
 )
-from ddpm.viz.grids import make_grid, plot_image_table, plot_images, save_grid
+from ddpm.viz.grids import class_grid, make_grid, plot_image_table, plot_images, save_grid
 from ddpm.viz.losses import loss_profile, plot_loss_by_t, plot_loss_curve, plot_loss_profile, plot_vlb_terms
 from ddpm.viz.network import plot_timestep_embedding, plot_unet_shapes, trace_shapes
 from ddpm.viz.reverse import Frame, plot_reverse_trajectory, reverse_trajectory, save_reverse_animation
@@ -38,6 +38,7 @@ from ddpm.viz.toys import plot_points, plot_score_field, plot_toy_forward, plot_
 __all__ = [
     "make_grid",
     "save_grid",
+    "class_grid",
     "plot_images",
     "plot_image_table",
     "default_timesteps",

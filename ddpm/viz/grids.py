@@ -13,9 +13,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
+from ddpm._util import atomic_write
+from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.datasets import to_float, to_uint8
+from ddpm.samplers import ddim_sample
 
-__all__ = ["make_grid", "save_grid", "plot_images", "plot_image_table"]
+__all__ = ["make_grid", "save_grid", "plot_images", "plot_image_table", "class_grid"]
 
 PathLike = str | os.PathLike
 
@@ -26,9 +29,8 @@ def _finish(fig: Figure, path: PathLike | None, dpi: int = 110) -> Figure | Path
     if path is None:
         return fig
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
 
 
 def _as_float(images: Tensor) -> Tensor:
@@ -115,10 +117,8 @@ def save_grid(images: torch.Tensor, path: PathLike, nrow: int = 8, scale: int = 
     grid = make_grid(images, nrow)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(path)
-    return path
+    image = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))  # a killed write leaves the old file
 
 
 def plot_images(images: Tensor, nrow: int = 8, title: str | None = None, path: PathLike | None = None,
@@ -156,3 +156,22 @@ def plot_image_table(images: Tensor, row_labels: Sequence[str] | None = None,
     if title:
         ax.set_title(title, fontsize=10)
     return _finish(fig, path)
+
+
+@torch.no_grad()
+def class_grid(model, diffusion, shape: Sequence[int], mode: str, label_names: Sequence[str], dataset: str,
+               num_classes: int = 0, *, steps: int = 50, guidance: float | None = None, per_class: int = 8,
+               seed: int = 1234, device=None) -> tuple[Tensor, int]:
+    """Samples for a grid with one row of ``per_class`` images per class (DDIM, guided), or 64 images of an
+    unconditional model. shape is one image's (C, H, W). Returns (images [N, C, H, W], images per row)."""
+    device = device if device is not None else diffusion.betas.device
+    classes = num_conditions(mode, num_classes, label_names)
+    labels = balanced_labels(per_class * classes, classes, grouped=True) if classes else None
+    cond = condition_for_labels(mode, labels, label_names, dataset) if classes else None
+    if isinstance(cond, Tensor):
+        cond = cond.to(device)
+    n = 64 if cond is None else len(labels)
+    x = ddim_sample(model, diffusion, (n, *shape), cond, steps=steps,
+                    guidance_scale=guidance if cond is not None else None,
+                    generator=torch.Generator(device).manual_seed(seed), device=device)
+    return x, (per_class if cond is not None else 8)
