@@ -287,7 +287,8 @@ def test_evaluate_bad_flags_fail_at_parse_time(capsys):
     for argv, message in ((["--bpd-batch-size", "0"], "expected a positive integer"),
                           (["--n-samples", "-1"], "expected an integer >= 0"),
                           (["--guidance", "nan"], "expected a finite number"),
-                          (["--sampler", "euler"], "invalid choice")):
+                          (["--sampler", "euler"], "unknown sampler 'euler'"),
+                          (["--steps", "5,0"], "expected a positive integer")):
         with pytest.raises(SystemExit):
             _evaluate(argv)
         assert message in capsys.readouterr().err
@@ -324,3 +325,23 @@ def test_inception_fid_says_clearly_when_it_cannot_run(monkeypatch):
     out = inception_fid(images, images)
     assert out["available"] is False and "pytorch-fid" in out["message"]
     assert "nothing is downloaded" in out["message"]
+
+
+def test_evaluate_sweep_writes_a_table_a_json_and_a_plot(tiny_run, capsys, monkeypatch):
+    """Several samplers and step counts: one row each, with the same samples for ddim and dpmpp-2m at one or
+    two steps (DPM-Solver++ is first order there, i.e. DDIM), and model calls doubled by guidance."""
+    monkeypatch.chdir(tiny_run)
+    run = tiny_run / "run"
+    assert _evaluate(["--run", str(run), "--sampler", "ddim,dpmpp-2m", "--steps", "2,4", "--n-samples", "16",
+                      "--classifier", str(tiny_run / "clf.pt"), "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((run / "eval_sweep.json").read_text())
+    rows = {(r["sampler"], r["steps"]): r for r in result["rows"]}
+    assert set(rows) == {("ddim", 2), ("ddim", 4), ("dpmpp-2m", 2), ("dpmpp-2m", 4)}
+    assert rows["ddim", 4]["model_calls"] == 8  # guidance 2: a conditional and an unconditional call per step
+    assert rows["ddim", 2]["frechet"] == rows["dpmpp-2m", 2]["frechet"]
+    assert rows["ddim", 4]["frechet"] != rows["dpmpp-2m", 4]["frechet"]
+    assert (run / "samples" / "quality_vs_steps.png").stat().st_size > 0
+    assert "dpmpp-2m" in out and "calls" in out
+    with pytest.raises(UsageError, match="one sampler"):
+        _evaluate(["--run", str(run), "--sampler", "ddim,dpmpp-2m", "--eta", "0.5", "--no-progress"])

@@ -251,3 +251,40 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert ckpt["step"] == 6 and len(ckpt["rng"]) == 2
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # each rank its own seed
     assert [s for s, _ in _losses(tmp_path / "tiny")][-1] == 6
+
+
+def test_steps_for_budget():
+    from ddpm.optim import steps_for_budget
+
+    # 60 s left at 0.5 s/step from step 10, and a grid of 2 * 50 * 80 / (3 * 128) = 20.8 steps' time
+    assert steps_for_budget(60.0, 0.5, 10, sample_steps=50, batch_size=128) == 10 + int((60 - 0.5 * 20.8333) / 0.5)
+    assert steps_for_budget(1.0, 0.5, 10, sample_steps=50, batch_size=128) == 10  # no time left: stop here
+
+
+def test_a_time_budget_fixes_and_records_the_step_count(tmp_path, monkeypatch):
+    """fit(minutes=): after the timed steps the total is fixed from the measured pace and stored in the config,
+    the checkpoint and config.json, so that --resume keeps it. A fake clock makes every step take 0.5 s."""
+    import ddpm.training as training
+
+    clock = {"now": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock["now"]
+
+    real_step = Trainer.train_step
+
+    def slow_step(self, *args, **kwargs):
+        clock["now"] += 0.5
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(training, "time", FakeTime)
+    monkeypatch.setattr(Trainer, "train_step", slow_step)
+    config = get_preset("tiny", steps=1000, ckpt_every=0, sample_steps=5)
+    summary = Trainer(config, tmp_path / "run", device="cpu", progress=False).fit(minutes=0.25, final_samples=False)
+    expected = 10 + int((15.0 - 5.0 - 0.5 * 2 * 5 * 80 / (3 * 16)) / 0.5)  # 15 s, 10 steps gone, grid time
+    assert summary["budget"] == {"minutes": 0.25, "s_per_step": 0.5, "steps": expected}
+    assert summary["step"] == expected
+    assert load_checkpoint(tmp_path / "run")["config"]["train"]["steps"] == expected
+    assert f'"steps": {expected}' in (tmp_path / "run" / "config.json").read_text()

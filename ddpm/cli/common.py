@@ -79,13 +79,31 @@ def add_run_flag(p: argparse.ArgumentParser) -> None:
                                                 "shipped pretrained MNIST model)")
 
 
-def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim") -> None:
-    """--sampler, --steps, --spacing, --threshold, --eta and --variance: how to sample, the same on every command."""
-    p.add_argument("--sampler", choices=SAMPLERS, default=default,
+def sampler_list(text: str) -> list[str]:
+    """argparse type: comma-separated sampler names, e.g. ddim,dpmpp-2m."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown sampler {shorten(','.join(unknown) or text, MAX_ECHO)!r}; "
+                                         f"expected one or more of {', '.join(SAMPLERS)}, separated by commas")
+    return names
+
+
+def steps_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive step counts, e.g. 5,10,20."""
+    return [positive_int(part) for part in text.split(",")]
+
+
+def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim", several: bool = False) -> None:
+    """--sampler, --steps, --spacing, --threshold, --eta and --variance: how to sample, the same on every command.
+    several=True lets --sampler and --steps take comma-separated lists (evaluate's sweep)."""
+    lists = " (comma-separated lists make a sweep)" if several else ""
+    p.add_argument("--sampler", type=sampler_list if several else str, choices=None if several else SAMPLERS,
+                   default=[default] if several else default,
                    help=f"ancestral (the paper's Algorithm 2), ddim, dpmpp-2m or dpmpp-3m (DPM-Solver++; 3m for "
-                        f"unguided sampling) (default: {default})")
-    p.add_argument("--steps", type=positive_int, help="sampling steps (default: T for ancestral, 50 for ddim, 20 for "
-                                                      "dpmpp)")
+                        f"unguided sampling) (default: {default}){lists}")
+    p.add_argument("--steps", type=steps_list if several else positive_int,
+                   help=f"sampling steps (default: T for ancestral, 50 for ddim, 20 for dpmpp){lists}")
     p.add_argument("--spacing", choices=SPACINGS, default="uniform",
                    help="which timesteps a sampler with fewer than T steps visits: uniform in t (default), "
                         "uniform in lambda = log(alpha/sigma), or karras (rho = 7)")
@@ -97,21 +115,24 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim") -> None
                    help="ancestral: sigma_t^2 = beta_tilde (fixed_small, default) or beta (fixed_large)")
 
 
-def sampler_options(args, T: int | None) -> tuple[int | None, dict]:
+def sampler_options(args, T: int | None, sampler: str | None = None,
+                    steps: int | None = None) -> tuple[int | None, dict]:
     """(steps, keyword arguments for ddpm.samplers.sample) from the sampler flags, checked against the model's T
-    (None: not known yet; steps stays None for the sampler's default)."""
-    steps = args.steps if args.steps is not None or T is None else default_steps(args.sampler, T)
+    (None: not known yet; steps stays None for the sampler's default). sampler/steps override the flags'."""
+    sampler = sampler if sampler is not None else args.sampler
+    steps = steps if steps is not None else args.steps
+    steps = steps if steps is not None or T is None else default_steps(sampler, T)
     if T is not None and steps > T:
         raise UsageError(f"--steps {steps} is more than this model's T = {T}")
     options = {"spacing": args.spacing, "threshold": args.threshold}
-    if args.sampler == "ddim":
+    if sampler == "ddim":
         options["eta"] = args.eta
     elif args.eta != 0.0:
-        raise UsageError(f"--eta is for the ddim sampler, not {args.sampler}")
-    if args.sampler == "ancestral":
+        raise UsageError(f"--eta is for the ddim sampler, not {sampler}")
+    if sampler == "ancestral":
         options["variance"] = args.variance
     elif args.variance != "fixed_small":
-        raise UsageError(f"--variance is for the ancestral sampler, not {args.sampler}")
+        raise UsageError(f"--variance is for the ancestral sampler, not {sampler}")
     return steps, options
 
 

@@ -9,8 +9,12 @@ FID when pytorch-fid and its weights are installed. The report goes to <run>/eva
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
+from ddpm._util import write_text_atomic
 from ddpm.cli.common import (
+    UsageError,
     add_device_flags,
     add_run_flag,
     add_sampler_flags,
@@ -22,7 +26,8 @@ from ddpm.cli.common import (
     sampler_options,
     setup_device,
 )
-from ddpm.metrics import evaluate_run, format_report, report_path
+from ddpm.metrics import evaluate_run, format_report, format_sweep, quality_sweep, report_path
+from ddpm.viz import plot_quality_vs_calls
 
 __all__ = ["add_arguments", "run"]
 
@@ -31,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_flag(p)
     p.add_argument("--n-samples", type=nonnegative_int, default=1000,
                    help="samples for the sample-quality metrics (0: skip; default 1000)")
-    add_sampler_flags(p)
+    add_sampler_flags(p, several=True)
     p.add_argument("--guidance", type=finite_float, default=None,
                    help="guidance scale (default: the run's train.guidance)")
     p.add_argument("--bpd-images", type=nonnegative_int, default=64,
@@ -57,14 +62,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     run_path = resolve_run(args.run)
+    if len(args.sampler) * len(args.steps or [None]) > 1:
+        return _sweep(args, run_path)
     out = check_output(args.out if args.out is not None else report_path(run_path), (".json",), "--out")
     device = setup_device(args)
-    steps, options = sampler_options(args, T=None)
-    report = evaluate_run(run_path, n_samples=args.n_samples, sampler=args.sampler, steps=steps, options=options,
+    steps, options = sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
+    report = evaluate_run(run_path, n_samples=args.n_samples, sampler=args.sampler[0], steps=steps, options=options,
                           guidance=args.guidance, bpd_images=args.bpd_images, bpd_batch_size=args.bpd_batch_size,
                           bpd_timesteps=args.bpd_timesteps, sample_batch_size=args.sample_batch_size,
                           seed=args.seed, device=device, classifier=args.classifier, out=out,
                           progress=not args.no_progress)
     print(format_report(report))
     print(f"wrote {report['path']}")
+    return 0
+
+
+def _sweep(args, run_path: Path) -> int:
+    """Several samplers and step counts: the table, a JSON file and the plot (no bits/dim)."""
+    folder = run_path if run_path.is_dir() else Path(".")
+    out = check_output(args.out if args.out is not None else folder / "eval_sweep.json", (".json",), "--out")
+    png = check_output(folder / "samples" / "quality_vs_steps.png", (".png",), "the plot")
+    if args.n_samples < 2:
+        raise UsageError("a sweep needs --n-samples of at least 2")
+    options = {"spacing": args.spacing, "threshold": args.threshold}
+    if args.eta != 0.0 or args.variance != "fixed_small":
+        raise UsageError("--eta and --variance are for one sampler; a sweep takes --spacing and --threshold")
+    device = setup_device(args)
+    result = quality_sweep(run_path, args.sampler, args.steps or [None], n_samples=args.n_samples,
+                           guidance=args.guidance, seed=args.seed, batch_size=args.sample_batch_size,
+                           classifier=args.classifier, options=options, device=device, progress=not args.no_progress)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    plot_quality_vs_calls(result["rows"], title=f"{result['run']}: quality per model call", path=png)
+    print(format_sweep(result))
+    print(f"wrote {out} and {png}")
     return 0

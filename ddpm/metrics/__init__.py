@@ -19,6 +19,7 @@ Two families of numbers:
     classifier.py   SmallCNN, training and caching it, its features, conditional accuracy
     frechet.py      feature statistics, the Frechet distance, Inception FID (optional dependencies)
     evaluate.py     bits/dim of a dataset, class-balanced samples, evaluate_run and its report table
+    sweep.py        quality per model call: several samplers and step counts, judged alike
 
 The command ``python -m ddpm evaluate`` lives in ``ddpm.cli.evaluate``.
 """
@@ -42,8 +43,9 @@ from ddpm.metrics.evaluate import (
     report_path,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
+from ddpm.metrics.sweep import format_sweep, quality_sweep
 
 __all__ = ["bits_per_dim_dataset", "SmallCNN", "train_classifier", "load_or_train_classifier", "classifier_path",
            "classifier_features", "feature_statistics", "frechet_distance", "conditional_accuracy",
            "generate_samples", "inception_fid", "evaluate_run", "report_path", "format_report",
-           "CLASSIFIER_DATASETS", "NUM_T_RANGES", "FRECHET_NOTE"]
+           "CLASSIFIER_DATASETS", "NUM_T_RANGES", "FRECHET_NOTE", "quality_sweep", "format_sweep"]

@@ -32,12 +32,14 @@ from ddpm.viz.forward import (
 from ddpm.viz.grids import class_grid, make_grid, plot_image_table, plot_images, save_grid
 from ddpm.viz.losses import loss_profile, plot_loss_by_t, plot_loss_curve, plot_loss_profile, plot_vlb_terms
 from ddpm.viz.network import plot_timestep_embedding, plot_unet_shapes, trace_shapes
+from ddpm.viz.quality import plot_quality_vs_calls
 from ddpm.viz.reverse import Frame, plot_reverse_trajectory, reverse_trajectory, save_reverse_animation
 from ddpm.viz.toys import plot_points, plot_score_field, plot_toy_forward, plot_toy_reverse
 
 __all__ = [
     "make_grid",
     "save_grid",
+    "plot_quality_vs_calls",
     "class_grid",
     "plot_images",
     "plot_image_table",
