@@ -571,3 +571,27 @@ def test_sample_dispatch_and_modes(diffusion):
         ancestral_sample(model, diffusion, (2, *SHAPE), variance="learned")
     with pytest.raises(ValueError, match="order of DPM-Solver"):
         dpmpp_sample(model, diffusion, (2, *SHAPE), order=4)
+
+
+@pytest.mark.parametrize("cond_mode", ["class", "text"])
+def test_batched_guidance_and_bf16_are_the_same_function(cond_mode):
+    """One stacked call on [cond; null] gives the two-call guidance; bf16 stays close to fp32."""
+    from ddpm.config import get_preset
+    from ddpm.nn.unet import UNet
+    from ddpm.samplers import guided, in_precision
+
+    torch.manual_seed(0)
+    model = UNet(get_preset("tiny", cond=cond_mode).model).eval()
+    for p in model.parameters():  # away from the zero init, so the output depends on everything
+        p.data.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([5, 50, 99])
+    cond = torch.tensor([1, 7, 3]) if cond_mode == "class" else ["a handwritten one", "the digit 7", "three"]
+    with torch.no_grad():
+        two = guided(model, 2.5)(x, t, cond)
+        one = guided(model, 2.5, batched=True)(x, t, cond)
+        half = in_precision(guided(model, 2.5), "bf16")(x, t, cond)
+    torch.testing.assert_close(one, two, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(two, model(x, t, cond))  # guidance changed something
+    assert half.dtype == torch.float32 and (half - two).abs().max() < 0.05 * two.abs().max()
+    with pytest.raises(ValueError, match="precision"):
+        in_precision(model, "fp8")

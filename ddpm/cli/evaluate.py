@@ -84,7 +84,7 @@ def _sweep(args, run_path: Path) -> int:
     png = check_output(folder / "samples" / "quality_vs_steps.png", (".png",), "the plot")
     if args.n_samples < 2:
         raise UsageError("a sweep needs --n-samples of at least 2")
-    options = {"spacing": args.spacing, "threshold": args.threshold}
+    options = {"spacing": args.spacing, "threshold": args.threshold, "precision": args.precision}
     if args.eta != 0.0 or args.variance != "fixed_small":
         raise UsageError("--eta and --variance are for one sampler; a sweep takes --spacing and --threshold")
     device = setup_device(args)

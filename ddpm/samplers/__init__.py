@@ -7,7 +7,7 @@ step (``*_progressive``, for plots and animations) and a plain function that ret
     steps         Step (what a sampler yields) and the loop every sampler shares
     respacing     which timesteps a sampler with fewer steps visits (uniform | lambda | karras), respace
     thresholding  what happens to a predicted x_0 outside [-1, 1] (clip | dynamic | none)
-    guidance      classifier-free guidance around any model
+    guidance      classifier-free guidance (two calls or one stacked call) and bf16, around any model
     ancestral     Algorithm 2 of Ho et al. 2020
     ddim          DDIM (Song et al. 2021)
     dpm_solver    DPM-Solver++ 2M / 3M (Lu et al. 2022)
@@ -33,7 +33,7 @@ from ddpm.samplers.dpm_solver import (
     dpmpp_sample,
     dpmpp_sample_progressive,
 )
-from ddpm.samplers.guidance import guided
+from ddpm.samplers.guidance import PRECISIONS, guided, in_precision, with_null
 from ddpm.samplers.respacing import SPACINGS, Spacing, respace, space_timesteps
 from ddpm.samplers.steps import Step, last
 from ddpm.samplers.thresholding import THRESHOLDS, Threshold, dynamic_threshold
@@ -48,7 +48,8 @@ _PROGRESSIVE: dict[str, Callable] = {
     "dpmpp-3m": dpmpp_3m_sample_progressive,
 }
 
-__all__ = ["default_steps", "DEFAULT_STEPS", "Step", "Sampler", "SAMPLERS", "Spacing", "SPACINGS", "Threshold",
+__all__ = ["PRECISIONS", "in_precision", "with_null", "default_steps", "DEFAULT_STEPS", "Step", "Sampler",
+           "SAMPLERS", "Spacing", "SPACINGS", "Threshold",
            "THRESHOLDS", "space_timesteps",
            "respace", "guided", "dynamic_threshold", "ancestral_sample", "ancestral_sample_progressive", "ddim_sample",
            "ddim_sample_progressive", "dpmpp_sample", "dpmpp_sample_progressive", "dpmpp_2m_sample",

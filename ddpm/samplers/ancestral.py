@@ -23,6 +23,7 @@ def ancestral_sample_progressive(model: Callable, diffusion: GaussianDiffusion, 
                                  clip_denoised: bool | None = None, threshold: Threshold | None = None,
                                  percentile: float = DEFAULT_PERCENTILE, x_T: Tensor | None = None,
                                  generator: torch.Generator | None = None, device=None, dtype=torch.float32,
+                                 precision: str = "fp32", batched_guidance: bool = False,
                                  progress: bool = False) -> Iterator[Step]:
     """Algorithm 2: x_T ~ N(0, I); for t = T..1: x_{t-1} = mu_theta(x_t, t) + sigma_t z (z = 0 at t = 1).
 
@@ -35,7 +36,8 @@ def ancestral_sample_progressive(model: Callable, diffusion: GaussianDiffusion, 
     check_mode(variance, VARIANCES, "variance")
     threshold = resolve_threshold(clip_denoised, threshold)
     process, model, x = prepare(model, diffusion, shape, steps=steps, spacing=spacing, guidance_scale=guidance_scale,
-                                x_T=x_T, generator=generator, device=device, dtype=dtype)
+                                x_T=x_T, generator=generator, device=device, dtype=dtype,
+                                precision=precision, batched_guidance=batched_guidance)
 
     def update(i: int, t: Tensor, x: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
         z = noise(x.shape, x.device, x.dtype, generator) if i > 0 else None

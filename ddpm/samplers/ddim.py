@@ -21,7 +21,8 @@ def ddim_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape
                             guidance_scale: float | None = None, clip_denoised: bool | None = None,
                             threshold: Threshold | None = None, percentile: float = DEFAULT_PERCENTILE,
                             x_T: Tensor | None = None, generator: torch.Generator | None = None, device=None,
-                            dtype=torch.float32, progress: bool = False) -> Iterator[Step]:
+                            dtype=torch.float32, precision: str = "fp32", batched_guidance: bool = False,
+                            progress: bool = False) -> Iterator[Step]:
     r"""DDIM (Song et al. 2021, Eq. 12) on S = ``steps`` timesteps chosen by ``spacing`` (a respaced process):
 
         x_{t-1} = sqrt(alpha_bar_{t-1}) pred_x0 + sqrt(1 - alpha_bar_{t-1} - sigma_t^2) pred_eps + sigma_t z,
@@ -35,7 +36,8 @@ def ddim_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape
         raise ValueError(f"eta must be >= 0, got {eta}")
     threshold = resolve_threshold(clip_denoised, threshold)
     process, model, x = prepare(model, diffusion, shape, steps=steps, spacing=spacing, guidance_scale=guidance_scale,
-                                x_T=x_T, generator=generator, device=device, dtype=dtype)
+                                x_T=x_T, generator=generator, device=device, dtype=dtype,
+                                precision=precision, batched_guidance=batched_guidance)
 
     def update(i: int, t: Tensor, x: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
         pred_x0, pred_eps = denoise(process, output, x, t, threshold, percentile)

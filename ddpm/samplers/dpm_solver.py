@@ -93,7 +93,8 @@ def dpmpp_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shap
                              guidance_scale: float | None = None, clip_denoised: bool | None = None,
                              threshold: Threshold | None = None, percentile: float = DEFAULT_PERCENTILE,
                              x_T: Tensor | None = None, generator: torch.Generator | None = None, device=None,
-                             dtype=torch.float32, progress: bool = False) -> Iterator[Step]:
+                             dtype=torch.float32, precision: str = "fp32", batched_guidance: bool = False,
+                             progress: bool = False) -> Iterator[Step]:
     """Multistep DPM-Solver++ of ``order`` 1, 2 (2M) or 3 (3M) on ``steps`` timesteps chosen by ``spacing``.
 
     One model call per step (eps, x0 or v models alike: D = pred_x0, thresholded as ``threshold`` says: "clip"
@@ -104,7 +105,8 @@ def dpmpp_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shap
         raise ValueError(f"the order of DPM-Solver++ must be 1, 2 or 3, got {order}")
     threshold = resolve_threshold(clip_denoised, threshold)
     process, model, x = prepare(model, diffusion, shape, steps=steps, spacing=spacing, guidance_scale=guidance_scale,
-                                x_T=x_T, generator=generator, device=device, dtype=dtype)
+                                x_T=x_T, generator=generator, device=device, dtype=dtype,
+                                precision=precision, batched_guidance=batched_guidance)
     history: list[tuple[float, Tensor]] = []  # (lambda, D) of the latest steps, oldest first
 
     def update(i: int, t: Tensor, x: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,20 +1,33 @@
-"""Classifier-free guidance (Ho & Salimans 2022) as a wrapper around any model."""
+"""Classifier-free guidance (Ho & Salimans 2022) and reduced precision, as wrappers around any model."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
-__all__ = ["guided"]
+from ddpm._util import check_mode
+
+__all__ = ["guided", "with_null", "in_precision", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "bf16")
 
 
-def guided(model: Callable, guidance_scale: float | None) -> Callable:
+def with_null(cond):
+    """[cond; null]: the batch of conditions followed by as many null ones (-1 labels, "" prompts)."""
+    if isinstance(cond, Tensor):
+        return torch.cat([cond, torch.full_like(cond, -1)])
+    return list(cond) + [""] * len(cond)
+
+
+def guided(model: Callable, guidance_scale: float | None, batched: bool = False) -> Callable:
     """Classifier-free guidance (Ho & Salimans 2022): out = out_u + s (out_c - out_u).
 
     out_c = model(x_t, t, cond) and out_u = model(x_t, t, None) (the learned null condition). s = 1 is
     the plain conditional model, s = 0 the unconditional one; the paper's w is s - 1. Guiding the eps,
-    x0 or v output is the same thing, since each is affine in the others with x_t fixed.
+    x0 or v output is the same thing, since each is affine in the others with x_t fixed. batched=True makes
+    the two calls one, on the stacked batch [x_t; x_t] with [cond; null] (the same numbers, one larger call).
     """
     if guidance_scale is None or guidance_scale == 1.0:
         return model
@@ -22,8 +35,25 @@ def guided(model: Callable, guidance_scale: float | None) -> Callable:
     def guided_model(x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         if cond is None:
             return model(x_t, t, None)
-        out_c = model(x_t, t, cond)
-        out_u = model(x_t, t, None)
+        if batched:
+            out_c, out_u = model(torch.cat([x_t, x_t]), torch.cat([t, t]), with_null(cond)).chunk(2)
+        else:
+            out_c, out_u = model(x_t, t, cond), model(x_t, t, None)
         return out_u + guidance_scale * (out_c - out_u)
 
     return guided_model
+
+
+def in_precision(model: Callable, precision: str = "fp32") -> Callable:
+    """The model run in ``precision``: "fp32" (as it is) or "bf16" (torch.autocast: matrix products and
+    convolutions in bfloat16, the output cast back to x_t's dtype; the sampler's arithmetic stays fp32)."""
+    check_mode(precision, PRECISIONS, "precision")
+    if precision == "fp32":
+        return model
+
+    def bf16_model(x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16):
+            out = model(x_t, t, cond)
+        return out.to(x_t.dtype)
+
+    return bf16_model

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ddpm._util import check_mode
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers.guidance import guided
+from ddpm.samplers.guidance import guided, in_precision
 from ddpm.samplers.respacing import SPACINGS, Spacing, respace
 
 __all__ = ["Step", "Update", "noise", "prepare", "reverse_loop", "last"]
@@ -56,17 +56,19 @@ def noise(shape: Sequence[int], device, dtype, generator: torch.Generator | None
 
 def prepare(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], *, steps: int | None,
             spacing: Spacing, guidance_scale: float | None, x_T: Tensor | None,
-            generator: torch.Generator | None, device, dtype) -> tuple[GaussianDiffusion, Callable, Tensor]:
+            generator: torch.Generator | None, device, dtype, precision: str = "fp32",
+            batched_guidance: bool = False) -> tuple[GaussianDiffusion, Callable, Tensor]:
     """The start every sampler shares: (process, model, x_T).
 
     process: the diffusion respaced to ``steps`` timesteps chosen by ``spacing`` (the full process for steps
-    None or T); model: with classifier-free guidance at ``guidance_scale``; x_T: the given one, or N(0, I),
-    on ``device`` (default: the diffusion's) in ``dtype``.
+    None or T); model: with classifier-free guidance at ``guidance_scale`` (two calls, or one stacked call with
+    batched_guidance), run in ``precision`` ("fp32" | "bf16"); x_T: the given one, or N(0, I), on ``device``
+    (default: the diffusion's) in ``dtype``.
     """
     check_mode(spacing, SPACINGS, "spacing")
     device = device if device is not None else diffusion.betas.device
     process = diffusion if steps is None or steps == diffusion.T else respace(diffusion, steps, spacing)
-    model = guided(model, guidance_scale)
+    model = guided(in_precision(model, precision), guidance_scale, batched=batched_guidance)
     x = noise(shape, device, dtype, generator) if x_T is None else x_T.to(device, dtype)
     return process, model, x
 
