@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ddpm._util import check_mode
-from ddpm.datasets import caption_vocabulary, dataset_label_names
+from ddpm.datasets import caption_max_words, caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS
 from ddpm.nn.mlp import MLPConfig
 from ddpm.nn.unet import UNET_PRESETS, UNetConfig
@@ -188,7 +188,8 @@ def _build(cls, d: dict[str, Any]):
 
 def with_conditioning(model: UNetConfig, cond: str, dataset: str) -> UNetConfig:
     """The U-Net config with its conditioning switched: "none", "class" (one entry per class of the dataset)
-    or "text" (vocabulary from the dataset's caption templates, cross-attention at the lowest resolution)."""
+    or "text" (vocabulary and prompt length from the dataset's caption grammar, cross-attention at the lowest
+    resolution)."""
     check_mode(cond, ("none", "class", "text"), "cond")
     if cond == "none":
         return dataclasses.replace(model, cond="none", vocab=(), cross_attn_resolutions=())
@@ -198,6 +199,7 @@ def with_conditioning(model: UNetConfig, cond: str, dataset: str) -> UNetConfig:
         return dataclasses.replace(model, cond="class", num_classes=len(dataset_label_names(dataset)), vocab=(),
                                    cross_attn_resolutions=())
     return dataclasses.replace(model, cond="text", vocab=caption_vocabulary(dataset),
+                               max_prompt_len=max(model.max_prompt_len, caption_max_words(dataset)),
                                cross_attn_resolutions=(model.resolutions[-1],))
 
 

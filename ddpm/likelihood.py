@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ddpm._util import eval_mode, select_condition
 
@@ -138,8 +139,6 @@ def bound_terms(model, diffusion: GaussianDiffusion, x0: Tensor, t_plan: Tensor,
     column, column_noise = -1, None
     chunks = range(0, k * n, batch_size)
     if progress:
-        from tqdm.auto import tqdm  # optional progress bar
-
         chunks = tqdm(chunks, desc=f"bits/dim ({n} images x {k} steps)", leave=False)
     with eval_mode(model):
         for lo in chunks:

@@ -41,7 +41,7 @@ from ddpm.checkpoints import (
 )
 from ddpm.conditions import condition_for_labels
 from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
-from ddpm.datasets import BatchLoader, captions_for, load_dataset, toy2d
+from ddpm.datasets import BatchLoader, Labels, caption_vocabulary, captions_for, load_dataset, toy2d, with_attributes
 from ddpm.optim import EMA, lr_factor, steps_for_budget
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
@@ -129,9 +129,12 @@ class Trainer:
         common = dict(shuffle=True, drop_last=True, seed=tc.seed, rank=d.rank, world_size=d.world_size)
         if dc.dataset == "toy2d" and dataset is None:
             return BatchLoader(toy2d(dc.toy, dc.toy_size, seed=tc.seed), self.local_batch, **common)
+        m = self.config.model
         if dataset is None:
             dataset = load_dataset(dc.dataset, split="train", root=dc.root)
-        m = self.config.model
+            # text runs put the digits' style into words, if their vocabulary has the words (older runs' do not)
+            if m.cond == "text" and set(caption_vocabulary(dc.dataset)) <= set(m.vocab):
+                dataset = with_attributes(dataset, root=dc.root)
         if self.config.model_kind == "unet" and (dataset.channels, dataset.image_size) != (m.in_channels, m.image_size):
             raise ValueError(f"the {dataset.name} images are {dataset.channels}x{dataset.image_size}x"
                              f"{dataset.image_size} but the model expects {m.in_channels}x{m.image_size}x"
@@ -141,13 +144,16 @@ class Trainer:
         self.label_names = tuple(dataset.label_names)
         return BatchLoader(dataset, self.local_batch, hflip=dc.hflip, **common)
 
-    def condition(self, y: torch.Tensor | None):
-        """The network's condition for a training batch: the labels, one random caption per label, or None."""
+    def condition(self, y: torch.Tensor | Labels | None):
+        """The network's condition for a training batch: the labels, one random caption per label (saying some
+        of the digits' style when the loader gives attributes: y = Labels(labels, attributes)), or None."""
         cond = self.config.model.cond
+        labels, attributes = (y.labels, y.attributes) if isinstance(y, Labels) else (y, None)
         if cond == "class":
-            return y.to(self.device)
+            return labels.to(self.device)
         if cond == "text":
-            return captions_for(self.label_names, y, generator=self.caption_gen, dataset=self.config.data.dataset)
+            return captions_for(self.label_names, labels, generator=self.caption_gen,
+                                dataset=self.config.data.dataset, attributes=attributes)
         return None
 
     # ------------------------------------------------------------------ one step

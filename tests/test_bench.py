@@ -122,3 +122,22 @@ def test_bench_bad_input_fails_before_any_work(tmp_path, monkeypatch):
         with pytest.raises(UsageError, match=message) as e:
             _bench(["--quick", *argv])
         assert "\n" not in str(e.value)
+
+
+def test_fast_sampling_times_every_variant_against_ddim50():
+    from ddpm.bench.runs import FAST_SAMPLING, fast_sampling
+    from ddpm.checkpoints import build_model
+
+    config = get_preset("tiny")
+    model, diffusion = build_model(config).eval(), build_diffusion(config)
+    out = fast_sampling(model, diffusion, config, torch.device("cpu"), n=2, guidance=2.0, repeats=1)
+    assert set(out) == set(FAST_SAMPLING)
+    assert out["ddim50 fp32"]["speedup_vs_ddim50_fp32"] == 1.0
+    assert all(v["median_s"] > 0 and v["speedup_vs_ddim50_fp32"] > 0 for v in out.values())
+    assert "x DDIM-50 fp32" in format_bench({"machine": {"cuda": None, "cpu": "c", "device": "cpu", "threads": 1,
+                                                         "torch": "t", "loadavg_start": None, "loadavg_end": None},
+                                             "settings": {"preset": "tiny", "batch_size": 1, "sample_batch": 1,
+                                                          "T": 100}, "matmul": {}, "conv": {}, "peak": {},
+                                             "model": {"parameters": 1, "forward_flops_per_image": 1.0,
+                                                       "train_flops_per_image": 1.0},
+                                             "results": {}, "goals": {}, "fast_sampling": out})

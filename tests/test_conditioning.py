@@ -6,8 +6,9 @@ import random
 import pytest
 import torch
 
+from ddpm.datasets import caption_vocabulary
 from ddpm.nn import MNIST_CAPTION_VOCAB, Tokenizer, mnist_captions, timestep_embedding
-from ddpm.nn.conditioning import ClassConditioner, TextConditioner, attention
+from ddpm.nn.conditioning import ClassConditioner, TextConditioner, UnknownWordsError, attention
 
 # ---------------------------------------------------------------------------------------------- time
 
@@ -46,7 +47,9 @@ def test_mnist_captions():
         assert c in caps
     assert "an eight" in mnist_captions(8)
     words = {w for d in range(10) for c in mnist_captions(d) for w in c.split()}
-    assert set(MNIST_CAPTION_VOCAB) == words
+    assert words < set(MNIST_CAPTION_VOCAB)  # the plain templates, and the style words besides
+    assert {"thick", "thin", "slanted", "upright", "narrow", "wide"} < set(MNIST_CAPTION_VOCAB)
+    assert MNIST_CAPTION_VOCAB == caption_vocabulary("mnist")  # one grammar, one vocabulary
     assert list(MNIST_CAPTION_VOCAB) == sorted(MNIST_CAPTION_VOCAB)
     with pytest.raises(ValueError, match="0..9"):
         mnist_captions(10)
@@ -57,11 +60,12 @@ def test_tokenizer_from_captions_is_deterministic():
     shuffled = caps[:]
     random.Random(0).shuffle(shuffled)
     tok1, tok2 = Tokenizer.from_captions(caps), Tokenizer.from_captions(shuffled)
-    assert tok1.vocab == tok2.vocab == MNIST_CAPTION_VOCAB
+    assert tok1.vocab == tok2.vocab
+    tok1 = Tokenizer(MNIST_CAPTION_VOCAB)
     prompts = ["a handwritten seven", "the digit 7", ""]
     ids = tok1.encode(prompts, max_len=6)
     assert ids.dtype == torch.long and ids.shape == (3, 6)
-    assert torch.equal(ids, tok2.encode(prompts, max_len=6))
+    assert torch.equal(tok2.encode(prompts, max_len=6), Tokenizer(tok2.vocab).encode(prompts, max_len=6))
     # word ids start after the special tokens; rows are padded with <pad>; "" is the null prompt
     assert ids[0, :3].tolist() == [2 + MNIST_CAPTION_VOCAB.index(w) for w in ("a", "handwritten", "seven")]
     assert ids[0, 3:].tolist() == [Tokenizer.PAD_ID] * 3
@@ -74,14 +78,21 @@ def test_tokenizer_normalizes_case_and_punctuation():
     assert torch.equal(tok.encode(["A Handwritten  SEVEN."], 8), tok.encode(["a handwritten seven"], 8))
 
 
-def test_tokenizer_unknown_words_are_named():
+def test_tokenizer_unknown_words_are_named_with_the_closest_known_ones():
     tok = Tokenizer(MNIST_CAPTION_VOCAB)
-    with pytest.raises(ValueError, match=r"unknown word\(s\) \['elephant', 'purple'\]") as err:
-        tok.encode(["a purple seven", "an elephant"], 8)
-    assert "handwritten" in str(err.value)  # the message lists the known vocabulary
+    with pytest.raises(UnknownWordsError) as err:
+        tok.encode(["a purple thik seven", "an elephant", "a thik sevn"], 8)
+    e = err.value
+    assert isinstance(e, ValueError) and e.unknown == ["purple", "thik", "elephant", "sevn"]  # prompt order, once
+    assert e.closest["thik"][0] == "thick" and e.closest["sevn"] == ["seven"] and e.closest["purple"] == []
+    assert str(e).startswith("unknown words 'purple' (nothing close), 'thik' (closest known: thick")
+    assert "\n" not in str(e) and f"{len(MNIST_CAPTION_VOCAB)} known words" in str(e)
+    with pytest.raises(UnknownWordsError, match="and 15 more") as err:  # a flood is counted, not listed
+        tok.encode([" ".join(f"zz{i}" for i in range(20))], 8)
+    assert len(str(err.value)) < 300
     with pytest.raises(ValueError, match="unknown"):
         tok.encode(["<null>"], 8)  # special tokens cannot be typed
-    with pytest.raises(ValueError, match="max_len=2"):
+    with pytest.raises(ValueError, match=r"has 3 words; this text encoder reads at most 2 \(max_prompt_len\)"):
         tok.encode(["a handwritten seven"], 2)
     with pytest.raises(ValueError, match="list of strings"):
         tok.encode("a seven", 8)

@@ -22,6 +22,9 @@ def format_bench(result: dict[str, Any]) -> str:
     for k, g in result["goals"].items():
         v = f"{g['value']:.1%}" if k == "train_mfu" else f"{g['value']:.1f} s"
         rows.append((f"goal {k}", f"{v} vs {g['goal']}: {'met' if g['met'] else 'missed'}"))
+    for k, v in result.get("fast_sampling", {}).items():
+        rows.append((f"64 images: {k}", f"{v['median_s']:.2f} s (best {v['best_s']:.2f}), "
+                                         f"{v['speedup_vs_ddim50_fp32']:.2f}x DDIM-50 fp32"))
     for k, v in result.get("experiments", {}).items():
         rows.append((f"knob: {k}", f"best {v['best_s'] * 1e3:.1f} ms, median {v['median_s'] * 1e3:.1f} ms "
                                    f"({v['speedup']:.2f}x)"))

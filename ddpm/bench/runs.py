@@ -32,10 +32,10 @@ from ddpm.checkpoints import build_diffusion, build_model
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.config import Config, get_preset
 from ddpm.datasets import ImageDataset, dataset_label_names
-from ddpm.samplers import ancestral_sample, ddim_sample
+from ddpm.samplers import ancestral_sample, ddim_sample, sample
 from ddpm.training import Trainer
 
-__all__ = ["bench_training", "bench_sampling", "run_bench", "GOALS"]
+__all__ = ["bench_training", "bench_sampling", "fast_sampling", "run_bench", "GOALS", "FAST_SAMPLING"]
 
 # what the report compares the mnist preset against on a 2-core CPU; reported, never asserted
 GOALS = {"train_mfu": 0.60, "ancestral_64x1000_s": 60.0, "ddim50_64_s": 5.0}
@@ -160,6 +160,38 @@ def _sampling(model, diffusion, config: Config, s: dict[str, Any], cond, device:
     return {"per_step": per_step, "estimated_for_64_images": est}
 
 
+# the ways to sample 64 guided digits that the fast-sampling comparison times against DDIM-50 in fp32
+FAST_SAMPLING = {
+    "ddim50 fp32": dict(sampler="ddim", steps=50),
+    "dpmpp-2m 15 fp32": dict(sampler="dpmpp-2m", steps=15),
+    "dpmpp-2m 15 bf16": dict(sampler="dpmpp-2m", steps=15, precision="bf16"),
+    "dpmpp-2m 15 bf16 batched": dict(sampler="dpmpp-2m", steps=15, precision="bf16", batched_guidance=True),
+    "dpmpp-2m 10 bf16": dict(sampler="dpmpp-2m", steps=10, precision="bf16"),
+}
+
+
+def fast_sampling(model, diffusion, config: Config, device: torch.device, *, n: int = 64,
+                  guidance: float | None = None, repeats: int = 2) -> dict[str, Any]:
+    """Seconds for n images end to end with each of FAST_SAMPLING, timed round-robin, and each one's speed-up
+    over DDIM-50 in fp32 measured in the same run (a ratio holds on a noisy machine where seconds do not)."""
+    cond = _condition(config, n, device)
+    g = guidance if cond is not None else None
+
+    def runner(kwargs):
+        def run():
+            sample(model, diffusion, (n, *config.sample_shape), cond, guidance_scale=g, device=device,
+                   generator=torch.Generator(device).manual_seed(0), **kwargs)
+        return run
+
+    times = interleaved({name: runner(kw) for name, kw in FAST_SAMPLING.items()}, device, repeats)
+    base = summary(times["ddim50 fp32"])["median_s"]
+    out = {}
+    for name, t in times.items():
+        s = summary(t)
+        out[name] = {**s, "speedup_vs_ddim50_fp32": base / s["median_s"]}
+    return out
+
+
 # ------------------------------------------------------------------ the benchmark
 def run_bench(preset: str = "mnist", *, batch_size: int | None = None, sample_batch: int = 64,
               device: torch.device | str = "cpu", quick: bool = False, full: bool = False,
@@ -190,6 +222,9 @@ def run_bench(preset: str = "mnist", *, batch_size: int | None = None, sample_ba
         _utilization(r["train"], result["model"]["train_flops_per_image"], result["peak"][name],
                      result["matmul"][name]["flops"])
         result["results"][name] = r
+    if not quick:
+        say("fast sampling: 64 images, DDIM-50 fp32 against DPM-Solver++ in fp32 and bf16")
+        result["fast_sampling"] = fast_sampling(model, diffusion, config, device, guidance=s["guidance"])
     if explore:
         say("knobs")
         result["experiments"] = explore_knobs(model, (sample_batch, *config.sample_shape), sample_cond, device,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import torch
@@ -15,13 +16,14 @@ from ddpm._util import set_threads, shorten
 from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.diffusion import VARIANCES
+from ddpm.nn.conditioning import UnknownWordsError
 from ddpm.runtime import DEVICE_HELP, select_device
 from ddpm.samplers import PRECISIONS, SAMPLERS, SPACINGS, THRESHOLDS, default_steps
 
 __all__ = ["UsageError", "DEFAULT_RUN", "PRETRAINED", "positive_int", "nonnegative_int", "finite_float",
            "nonnegative_float", "add_run_flag", "add_sampler_flags", "sampler_options", "add_device_flags",
            "setup_device", "resolve_run", "load_image_run", "resolve_condition", "class_index", "check_output",
-           "MAX_ECHO"]
+           "MAX_ECHO", "vocabulary_text"]
 
 DEFAULT_RUN = "runs/mnist"
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "mnist.pt"
@@ -200,9 +202,13 @@ def resolve_condition(loaded: LoadedRun, n: int | None, klass: str | None, promp
         raise UsageError(f"{loaded.path} is class-conditional: use --class, not --prompt")
     if prompt is not None:
         if not prompt.strip():
-            raise UsageError("--prompt is empty; give a prompt such as \"a handwritten seven\"")
+            raise UsageError("--prompt is empty; give a prompt such as \"a thick seven\" (the empty prompt is the "
+                             "null condition, which guidance contrasts a prompt with)")
         try:
             loaded.model.conditioner.tokenizer.encode([prompt], loaded.config.model.max_prompt_len)
+        except UnknownWordsError as e:
+            raise UsageError(f"{shorten(e.describe(), 260)} in --prompt; list the {e.vocab_size} known words with: "
+                             f"python -m ddpm sample --vocabulary{_run_flag(loaded)}") from None
         except ValueError as e:
             raise UsageError(shorten(str(e), 200)) from None
         return [prompt] * (n or 64), n or 64, 8
@@ -212,6 +218,23 @@ def resolve_condition(loaded: LoadedRun, n: int | None, klass: str | None, promp
     classes = num_conditions(mode, loaded.config.model.num_classes, names)
     labels = balanced_labels(n or 8 * classes, classes, grouped=True)
     return condition_for_labels(mode, labels, names, dataset), len(labels), len(labels) // classes
+
+
+def _run_flag(loaded: LoadedRun) -> str:
+    """ --run <path> as the user would type it again (nothing when it is the default run)."""
+    path = loaded.path.parent if loaded.path.name == CHECKPOINT_NAME else loaded.path
+    return "" if path == Path(DEFAULT_RUN) or path == PRETRAINED else f" --run {shorten(path, MAX_ECHO)}"
+
+
+def vocabulary_text(loaded: LoadedRun, width: int = 100) -> str:
+    """What ``sample --vocabulary`` prints: the words a text model knows, and how long a prompt may be."""
+    if loaded.cond != "text":
+        raise UsageError(f"{loaded.path} is {'class-conditional' if loaded.cond == 'class' else 'unconditional'}: "
+                         f"only a text model has a vocabulary")
+    words = loaded.model.conditioner.tokenizer.vocab
+    head = (f"{len(words)} words that {loaded.path} knows (a prompt has at most {loaded.config.model.max_prompt_len} "
+            f"words; case and punctuation do not matter; the empty prompt is the null condition):")
+    return head + "\n" + textwrap.fill(" ".join(words), width=width)
 
 
 # ---------------------------------------------------------------------------------- output paths

@@ -21,6 +21,7 @@ from ddpm.cli.common import (
     resolve_condition,
     sampler_options,
     setup_device,
+    vocabulary_text,
 )
 from ddpm.samplers import sample
 from ddpm.viz import reverse_trajectory, save_grid, save_reverse_animation
@@ -36,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale s (1: none; default: "
                                                          "the run's config)")
     p.add_argument("--class", dest="klass", help="class label (index or name, e.g. 7 or seven)")
-    p.add_argument("--prompt", help='text prompt for text-conditioned runs, e.g. "a handwritten seven"')
+    p.add_argument("--prompt", help='text prompt for text-conditioned runs, e.g. "a thick slanted seven"')
+    p.add_argument("--vocabulary", action="store_true", help="print the words the run's text model knows, and exit")
     p.add_argument("--trajectory", help="also write the reverse process as an animated GIF to this path")
     p.add_argument("--out", help="output PNG (default: <run>/samples/sample_<sampler>_seed<seed>.png)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -60,6 +62,9 @@ def run(args) -> int:
     if args.out:
         check_output(args.out, (".png",), "--out")  # before loading anything
     loaded = load_image_run(args.run, device, use_ema=not args.no_ema)
+    if args.vocabulary:
+        print(vocabulary_text(loaded))
+        return 0
     out, gif = _outputs(args, loaded)
     cond, n, nrow = resolve_condition(loaded, args.n, args.klass, args.prompt)
     if isinstance(cond, torch.Tensor):

@@ -4,6 +4,7 @@ Everything a diffusion model trains on comes out of this package in one shape:
 
     ImageDataset.images   uint8 [N, C, H, W], contiguous, held in memory
     ImageDataset.labels   int64 [N] (or None)
+    ImageDataset.attributes  int8 [N, 3] (or None): digit style bins, loaded for text runs
     to_float(images)      float32 in [-1, 1]  (x / 127.5 - 1: the DDPM paper's data scaling)
     to_uint8(x)           the inverse, with clamp and round
 
@@ -16,8 +17,9 @@ A tour, in the order the data flows:
     cifar10.py    CIFAR-10, its pickles opened with a restricted unpickler
     registry.py   load_dataset(name), DATASET_NAMES, dataset_label_names(name)
     toy2d.py      2D point clouds (swiss-roll, moons, ...) float32 [n, 2]
+    attributes.py digit style measured from pixels (thickness, slant, width), per-class terciles, cached
     loader.py     BatchLoader: the one cursor over images or points (shuffle, DDP shards, resume)
-    captions.py   the one caption grammar: templates, vocabulary, class prompts, split_words
+    captions.py   the one caption grammar: digit, attribute phrases, held-out combinations, vocabulary
 
 Small datasets fit in memory as uint8 (MNIST: 47 MB, CIFAR-10: 150 MB), so ``BatchLoader`` batches
 them by indexing a tensor: no worker processes, no per-image Python, and on a 2-core CPU the loader
@@ -33,8 +35,28 @@ The shipped MNIST lives in ``data/mnist`` (the repository's ``data/`` folder is 
 Fashion-MNIST and CIFAR-10 are downloaded into ``data/`` on first use.
 """
 
+from ddpm.datasets.attributes import (
+    ATTRIBUTES,
+    attribute_bins,
+    measure_digits,
+    mnist_edges,
+    mnist_measures,
+    tercile_edges,
+    with_attributes,
+)
 from ddpm.datasets.base import DEFAULT_ROOT, DatasetError, DownloadError
-from ddpm.datasets.captions import caption_templates, caption_vocabulary, captions_for, class_prompts, split_words
+from ddpm.datasets.captions import (
+    ATTRIBUTE_WORDS,
+    HELD_OUT,
+    attribute_prompt,
+    caption_max_words,
+    caption_templates,
+    caption_vocabulary,
+    captions_for,
+    class_prompts,
+    is_held_out,
+    split_words,
+)
 from ddpm.datasets.cifar10 import CIFAR10, CIFAR10_LABEL_NAMES, Cifar10Source, load_cifar10, restricted_unpickle
 from ddpm.datasets.files import _is_verified as _is_verified  # tests check the md5 cache
 from ddpm.datasets.files import download, md5_file
@@ -52,11 +74,14 @@ from ddpm.datasets.idx import (
     read_idx,
 )
 from ddpm.datasets.images import IMAGE_EXTENSIONS, ImageDataset, load_image_folder, to_float, to_uint8
-from ddpm.datasets.loader import BatchLoader
+from ddpm.datasets.loader import BatchLoader, Labels
 from ddpm.datasets.registry import DATASET_NAMES, dataset_label_names, load_dataset
 from ddpm.datasets.toys import TOY2D_NAMES, toy2d
 
 __all__ = [
+    "ATTRIBUTES",
+    "ATTRIBUTE_WORDS",
+    "HELD_OUT",
     "CIFAR10",
     "CIFAR10_LABEL_NAMES",
     "DEFAULT_ROOT",
@@ -75,12 +100,17 @@ __all__ = [
     "IdxFile",
     "IdxSource",
     "ImageDataset",
+    "Labels",
+    "attribute_bins",
+    "attribute_prompt",
+    "caption_max_words",
     "caption_templates",
     "caption_vocabulary",
     "captions_for",
     "class_prompts",
     "dataset_label_names",
     "download",
+    "is_held_out",
     "load_cifar10",
     "load_dataset",
     "load_fashion_mnist",
@@ -88,10 +118,15 @@ __all__ = [
     "load_image_folder",
     "load_mnist",
     "md5_file",
+    "measure_digits",
+    "mnist_edges",
+    "mnist_measures",
     "read_idx",
     "restricted_unpickle",
     "split_words",
+    "tercile_edges",
     "to_float",
     "to_uint8",
     "toy2d",
+    "with_attributes",
 ]

@@ -2,6 +2,7 @@
 
     ImageDataset.images   uint8 [N, C, H, W], contiguous, held in memory
     ImageDataset.labels   int64 [N] (or None)
+    ImageDataset.attributes  int8 [N, 3] (or None): style bins of digits (ddpm.datasets.attributes)
     to_float(images)      float32 in [-1, 1]  (x / 127.5 - 1: the DDPM paper's data scaling)
     to_uint8(x)           the inverse, with clamp and round
 """
@@ -46,6 +47,8 @@ class ImageDataset:
     """A whole image dataset held in memory.
 
     images: uint8 [N, C, H, W], contiguous; labels: int64 [N] or None; label_names[k] names class k.
+    attributes: int8 [N, A] or None: per-image style bins (for digits: the tercile of thickness, slant and
+    width within the class, see ddpm.datasets.attributes), which text captions put into words.
     ``dataset[i]`` gives ``(image float32 [C, H, W] in [-1, 1], label or None)``, so it also works
     with torch's DataLoader, though ``BatchLoader`` is much faster for data this small.
     """
@@ -55,6 +58,7 @@ class ImageDataset:
     label_names: tuple[str, ...] = ()
     name: str = ""
     split: str = ""
+    attributes: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
@@ -69,6 +73,11 @@ class ImageDataset:
                     f"labels must be int64 [N={len(self.images)}], got shape {tuple(self.labels.shape)}"
                 )
         self.label_names = tuple(self.label_names)
+        if self.attributes is not None:
+            self.attributes = torch.as_tensor(self.attributes, dtype=torch.int8).contiguous()
+            if self.attributes.dim() != 2 or len(self.attributes) != len(self.images):
+                raise ValueError(f"attributes must be int8 [N={len(self.images)}, A], got shape "
+                                 f"{tuple(self.attributes.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -93,13 +102,13 @@ class ImageDataset:
     def subset(self, indices: Sequence[int] | torch.Tensor | slice) -> ImageDataset:
         """A new dataset with the selected images (e.g. ``ds.subset(slice(0, 1000))`` for quick runs)."""
         if isinstance(indices, slice):
-            images = self.images[indices]
-            labels = self.labels[indices] if self.labels is not None else None
+            idx = torch.arange(len(self))[indices]
         else:
             idx = torch.as_tensor(indices, dtype=torch.int64)
-            images = self.images.index_select(0, idx)
-            labels = self.labels.index_select(0, idx) if self.labels is not None else None
-        return ImageDataset(images.clone(), labels, self.label_names, self.name, self.split)
+        images = self.images.index_select(0, idx)
+        labels = self.labels.index_select(0, idx) if self.labels is not None else None
+        attributes = self.attributes.index_select(0, idx) if self.attributes is not None else None
+        return ImageDataset(images, labels, self.label_names, self.name, self.split, attributes)
 
     def __repr__(self) -> str:
         n_classes = f", {self.num_classes} classes" if self.label_names else ""

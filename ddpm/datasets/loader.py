@@ -8,18 +8,36 @@ costs a small fraction of a training step.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 
+from ddpm.datasets.attributes import MIRRORED
 from ddpm.datasets.images import ImageDataset, to_float
 
-__all__ = ["BatchLoader"]
+__all__ = ["BatchLoader", "Labels"]
+
+
+class Labels(NamedTuple):
+    """What a batch of a dataset with attributes has besides its images: labels int64 [B] and the style
+    bins int8 [B, A] (see ImageDataset.attributes). Datasets without attributes give the label tensor alone."""
+
+    labels: torch.Tensor
+    attributes: torch.Tensor
+
+    def to(self, device) -> Labels:
+        return Labels(self.labels.to(device), self.attributes.to(device))
+
+
+Batch = tuple[torch.Tensor, torch.Tensor | Labels | None]  # (x, y) as the loader yields it
 
 
 class BatchLoader:
     """Yields batches by indexing in-memory tensors:
 
-    - from an ImageDataset: (x float32 [B, C, H, W] in [-1, 1], y int64 [B] or None);
+    - from an ImageDataset: (x float32 [B, C, H, W] in [-1, 1], y int64 [B] or None); when the dataset
+      carries attributes, y is ``Labels(labels [B], attributes int8 [B, A])`` instead (text runs put them
+      into captions), so ``for x, y in loader`` reads every dataset alike;
     - from a tensor of points [N, D] (e.g. ``toy2d``): (points [B, D] as they are, None).
 
     The order of epoch e is a pure function of (seed, e): a permutation drawn from
@@ -107,17 +125,23 @@ class BatchLoader:
         mine = slice(self.rank, total, self.world_size)
         return order[mine].contiguous(), (flips[mine].contiguous() if flips is not None else None)
 
-    def _take(self, index: torch.Tensor, flip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _take(self, index: torch.Tensor, flip: torch.Tensor | None) -> Batch:
         """The batch at positions ``index`` int64 [B], flipped where ``flip`` bool [B] says so."""
         if self.is_points:
             return self.dataset.index_select(0, index), None
         x = self.dataset.images.index_select(0, index)  # uint8 copy [B, C, H, W]
         if flip is not None:
             x[flip] = x[flip].flip(-1)  # flip before the float conversion: 4x less memory traffic
-        labels = self.dataset.labels
-        return to_float(x), (labels.index_select(0, index) if labels is not None else None)
+        labels = self.dataset.labels.index_select(0, index) if self.dataset.labels is not None else None
+        if labels is None or self.dataset.attributes is None:
+            return to_float(x), labels
+        attributes = self.dataset.attributes.index_select(0, index)
+        if flip is not None:  # a mirrored digit leans the other way
+            for k in MIRRORED:
+                attributes[flip, k] = 2 - attributes[flip, k]
+        return to_float(x), Labels(labels, attributes)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def __iter__(self) -> Iterator[Batch]:
         epoch, start = self.epoch, self.batch
         if start >= len(self):  # stopped after the last batch of an epoch: go on with the next one
             epoch, start = epoch + 1, 0
@@ -130,7 +154,7 @@ class BatchLoader:
             yield batch
         self.epoch, self.batch = epoch + 1, 0
 
-    def forever(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def forever(self) -> Iterator[Batch]:
         """Batches across epochs without end (for step-based training loops)."""
         while True:
             yield from self

@@ -15,7 +15,12 @@ Two families of numbers:
   comparable with published FID numbers, only with each other. For CIFAR-10, the standard Inception FID
   is computed when pytorch-fid (with its weights already downloaded) is installed; otherwise a message
   says so.
+- **Attribute adherence** of text models of digits: for each style word (thin, thick, slanted left,
+  upright, slanted right, narrow, wide) and digit, the share of samples prompted with it whose measured
+  style falls in the tercile of the real digits of that class that the word names (chance: one third),
+  for the combinations seen in training and for the held-out ones apart.
 
+    attributes.py   the attribute prompts, and the adherence of their samples
     classifier.py   SmallCNN, training and caching it, its features, conditional accuracy
     frechet.py      feature statistics, the Frechet distance, Inception FID (optional dependencies)
     evaluate.py     bits/dim of a dataset, class-balanced samples, evaluate_run and its report table
@@ -25,6 +30,7 @@ The command ``python -m ddpm evaluate`` lives in ``ddpm.cli.evaluate``.
 """
 
 from ddpm.likelihood import NUM_T_RANGES
+from ddpm.metrics.attributes import adherence_plan, score_adherence
 from ddpm.metrics.classifier import (
     CLASSIFIER_DATASETS,
     SmallCNN,
@@ -36,11 +42,13 @@ from ddpm.metrics.classifier import (
 )
 from ddpm.metrics.evaluate import (
     FRECHET_NOTE,
+    attribute_adherence,
     bits_per_dim_dataset,
     evaluate_run,
     format_report,
     generate_samples,
     report_path,
+    sample_conditions,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
 from ddpm.metrics.sweep import format_sweep, quality_sweep
@@ -48,4 +56,5 @@ from ddpm.metrics.sweep import format_sweep, quality_sweep
 __all__ = ["bits_per_dim_dataset", "SmallCNN", "train_classifier", "load_or_train_classifier", "classifier_path",
            "classifier_features", "feature_statistics", "frechet_distance", "conditional_accuracy",
            "generate_samples", "inception_fid", "evaluate_run", "report_path", "format_report",
-           "CLASSIFIER_DATASETS", "NUM_T_RANGES", "FRECHET_NOTE", "quality_sweep", "format_sweep"]
+           "CLASSIFIER_DATASETS", "NUM_T_RANGES", "FRECHET_NOTE", "quality_sweep", "format_sweep", "adherence_plan",
+           "score_adherence", "attribute_adherence", "sample_conditions"]

@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 from ddpm._util import select_condition, write_text_atomic
 from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, checkpoint_path, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
-from ddpm.datasets import ImageDataset, load_dataset, to_float, to_uint8
+from ddpm.datasets import ImageDataset, load_dataset, mnist_edges, to_float, to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.likelihood import estimate_bpd
+from ddpm.metrics.attributes import adherence_plan, adherence_rows, adherence_supported, score_adherence
 from ddpm.metrics.classifier import (
     CLASSIFIER_DATASETS,
     classifier_features,
@@ -31,7 +32,8 @@ from ddpm.metrics.classifier import (
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
 from ddpm.samplers import SAMPLERS, default_steps, sample
 
-__all__ = ["bits_per_dim_dataset", "generate_samples", "evaluate_run", "report_path", "format_report", "FRECHET_NOTE"]
+__all__ = ["bits_per_dim_dataset", "generate_samples", "sample_conditions", "evaluate_run", "report_path",
+           "format_report", "attribute_adherence", "FRECHET_NOTE"]
 
 FLOOR_SUBSETS = 5  # the real-data floor is averaged over this many disjoint sets of training images
 FRECHET_NOTE = ("Frechet distance between features of this project's small classifier (penultimate layer); "
@@ -108,6 +110,16 @@ def generate_samples(loaded: LoadedRun, n: int, *, sampler: str = "ddim", steps:
     labels = balanced_labels(n, classes) if classes else None
     cond = None if labels is None else condition_for_labels(loaded.cond, labels, loaded.label_names,
                                                             loaded.config.data.dataset)
+    images = sample_conditions(loaded, cond, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                               batch_size=batch_size, options=options, progress=progress)
+    return images, labels, cond
+
+
+def sample_conditions(loaded: LoadedRun, cond: Any, n: int, *, sampler: str = "ddim", steps: int | None = 50,
+                      guidance: float | None = None, seed: int = 0, batch_size: int = 64,
+                      options: dict[str, Any] | None = None, progress: bool = False) -> Tensor:
+    """n images for the conditions ``cond`` (a tensor [n], n prompts, or None), in batches, one generator
+    seeded ``seed`` for all: uint8 [n, C, H, W]."""
     device = loaded.diffusion.betas.device
     steps = steps if steps is not None else default_steps(sampler, loaded.diffusion.T)
     gen = torch.Generator(device).manual_seed(seed)
@@ -120,7 +132,23 @@ def generate_samples(loaded: LoadedRun, n: int, *, sampler: str = "ddim", steps:
         x = sample(loaded.model, loaded.diffusion, (len(idx), *loaded.shape), c, sampler=sampler, steps=steps,
                    guidance_scale=guidance if c is not None else None, generator=gen, device=device, **(options or {}))
         out.append(to_uint8(x).cpu())
-    return torch.cat(out), labels, cond
+    return torch.cat(out)
+
+
+def attribute_adherence(loaded: LoadedRun, n: int, root, *, classifier=None, **sampling) -> dict[str, Any]:
+    """Samples for the grammar's attribute prompts, scored by ddpm.metrics.attributes (the report's
+    "attribute_adherence"; {"available": False, "message"} for models that have no style words). ``sampling``:
+    the keyword arguments of sample_conditions."""
+    m = loaded.config.model
+    why = adherence_supported(loaded.cond, loaded.config.data.dataset, getattr(m, "vocab", ()),
+                              getattr(m, "max_prompt_len", 0))
+    if why is not None:
+        return {"available": False, "message": why}
+    plan = adherence_plan(n)
+    images = sample_conditions(loaded, plan.prompts, len(plan.prompts), **sampling)
+    clf, _ = load_or_train_classifier(classifier, loaded.config.data.dataset, root=root)
+    predicted = classifier_features(clf, images)[1].argmax(dim=1)
+    return score_adherence(images, plan, mnist_edges(root), predicted=predicted)
 
 
 # ------------------------------------------------------------------ a whole run
@@ -141,7 +169,8 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
 
     bits/dim of ``bpd_images`` test images (0 to skip), with the null condition (the unconditional bound);
     ``n_samples`` samples (0 to skip) judged by the evaluation classifier (MNIST-like data: conditional
-    accuracy, Frechet distance and its real-data floor) or by Inception FID (CIFAR-10, when available).
+    accuracy, Frechet distance and its real-data floor) or by Inception FID (CIFAR-10, when available); for a
+    text model of digits, as many samples again for the attribute prompts ("attribute_adherence").
     guidance None means the run's config (train.guidance); options go to the sampler (see generate_samples).
     Returns the report dict (and its "path").
     """
@@ -165,6 +194,10 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
         report.update(judge_samples(loaded, test, root, n_samples, sampler=sampler, steps=steps, guidance=guidance,
                                     seed=seed, batch_size=sample_batch_size, classifier=classifier, options=options,
                                     progress=progress))
+        if loaded.cond == "text":
+            report["attribute_adherence"] = attribute_adherence(
+                loaded, n_samples, root, classifier=classifier, sampler=sampler, steps=steps, guidance=guidance,
+                seed=seed + 1, batch_size=sample_batch_size, options=options, progress=progress)
     report["seconds"] = round(time.perf_counter() - start, 1)
     path = write_text_atomic(out if out is not None else report_path(loaded.path), json.dumps(report, indent=2) + "\n")
     report["path"] = str(path)
@@ -258,6 +291,7 @@ def format_report(report: dict[str, Any]) -> str:
     rows = [("run", f"{report['run']} (preset {report['preset']}, step {report['step']})")]
     rows += _bpd_rows(report.get("bits_per_dim"))
     rows += _sample_rows(report)
+    rows += adherence_rows(report.get("attribute_adherence"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     if (report.get("classifier_metrics") or {}).get("available"):

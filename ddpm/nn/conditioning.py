@@ -13,6 +13,7 @@ U-Net does that, see ``UNet.forward``).
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Sequence
 
@@ -20,14 +21,16 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ddpm.datasets import MNIST_LABEL_NAMES, caption_templates, split_words
+from ddpm._util import shorten
+from ddpm.datasets import MNIST_LABEL_NAMES, caption_templates, caption_vocabulary, split_words
 
 # ---------------------------------------------------------------------------------------------------------
 # Captions and tokenizer
 # ---------------------------------------------------------------------------------------------------------
 
 def mnist_captions(label: int) -> list[str]:
-    """All caption templates for one MNIST digit, e.g. for 7: "a handwritten seven", "the digit 7", ...
+    """The plain caption templates of one MNIST digit, e.g. for 7: "a handwritten seven", "the digit 7", ...
+    (training captions may add style words to these: ddpm.datasets.captions_for).
 
     The templates themselves live with the data (ddpm.datasets.caption_templates), so that the captions a
     text model is trained on and the vocabulary its tokenizer knows cannot drift apart.
@@ -35,6 +38,29 @@ def mnist_captions(label: int) -> list[str]:
     if not 0 <= int(label) <= 9:
         raise ValueError(f"MNIST labels are 0..9, got {label}")
     return caption_templates(MNIST_LABEL_NAMES[int(label)], int(label), "mnist")
+
+
+class UnknownWordsError(ValueError):
+    """Words a tokenizer does not know. ``unknown``: the words; ``closest[w]``: the known words most like w
+    (difflib), so that the message can say what was probably meant."""
+
+    SHOWN = 5  # unknown words named in the message (the rest are counted)
+
+    def __init__(self, unknown: Sequence[str], vocab: Sequence[str]):
+        self.unknown = list(unknown)
+        self.vocab_size = len(vocab)
+        self.closest = {w: difflib.get_close_matches(w, vocab, n=3, cutoff=0.6) for w in self.unknown[:self.SHOWN]}
+        super().__init__(f"{self.describe()}; the {self.vocab_size} known words are in Tokenizer.vocab")
+
+    def describe(self) -> str:
+        """One line: "unknown word 'thik' (closest known: thick, thin)", with at most SHOWN words."""
+        parts = []
+        for w in self.unknown[:self.SHOWN]:
+            near = self.closest[w]
+            parts.append(f"{shorten(w, 20)!r} (closest known: {', '.join(near)})" if near
+                         else f"{shorten(w, 20)!r} (nothing close)")
+        more = f" and {len(self.unknown) - self.SHOWN} more" if len(self.unknown) > self.SHOWN else ""
+        return f"unknown word{'s' * (len(self.unknown) > 1)} " + ", ".join(parts) + more
 
 
 class Tokenizer:
@@ -76,23 +102,22 @@ class Tokenizer:
     def encode(self, prompts: list[str], max_len: int) -> Tensor:
         """Prompts -> [B, max_len] int64 token ids, padded with ``<pad>``; ``""`` -> ``<null>``.
 
-        Raises ValueError naming every unknown word (and listing the vocabulary), or a prompt that is
-        longer than ``max_len`` words.
+        Raises UnknownWordsError naming every unknown word with the closest known ones, or a ValueError for
+        a prompt longer than ``max_len`` words (the most the text encoder reads).
         """
         if isinstance(prompts, str):
             raise ValueError(f"prompts must be a list of strings, got the string {prompts!r}; use [prompt]")
         rows = [split_words(p) for p in prompts]
         known = set(self.vocab)
-        unknown = sorted({w for words in rows for w in words if w not in known})
+        unknown = list(dict.fromkeys(w for words in rows for w in words if w not in known))  # in prompt order
         if unknown:
-            shown = " ".join(self.vocab[:200]) + (" ..." if len(self.vocab) > 200 else "")
-            raise ValueError(f"unknown word(s) {unknown} in the prompts; the known vocabulary is: {shown}")
+            raise UnknownWordsError(unknown, self.vocab)
         ids = torch.full((len(rows), max_len), self.PAD_ID, dtype=torch.long)
         for i, words in enumerate(rows):
             if len(words) > max_len:
                 raise ValueError(
-                    f"prompt {prompts[i]!r} has {len(words)} words, more than max_len={max_len}; "
-                    "shorten it or build the model with a larger max_prompt_len"
+                    f"the prompt {shorten(prompts[i])!r} has {len(words)} words; this text encoder reads at "
+                    f"most {max_len} (max_prompt_len): shorten the prompt"
                 )
             row = [self._ids[w] for w in words] or [self.NULL_ID]
             ids[i, : len(row)] = torch.tensor(row)
@@ -104,9 +129,8 @@ class Tokenizer:
         return [" ".join(self.tokens[i] for i in row if i not in special) for row in ids.tolist()]
 
 
-MNIST_CAPTION_VOCAB: tuple[str, ...] = Tokenizer.from_captions(
-    c for digit in range(10) for c in mnist_captions(digit)
-).vocab
+# Every word of the MNIST caption grammar (digits and style words), derived from the grammar itself.
+MNIST_CAPTION_VOCAB: tuple[str, ...] = caption_vocabulary("mnist")
 
 
 # ---------------------------------------------------------------------------------------------------------
