@@ -13,19 +13,7 @@ import json
 from pathlib import Path
 
 from ddpm._util import write_text_atomic
-from ddpm.cli.common import (
-    UsageError,
-    add_device_flags,
-    add_run_flag,
-    add_sampler_flags,
-    check_output,
-    finite_float,
-    nonnegative_int,
-    positive_int,
-    resolve_run,
-    sampler_options,
-    setup_device,
-)
+from ddpm.cli import common
 from ddpm.metrics import evaluate_run, format_report, format_sweep, quality_sweep, report_path
 from ddpm.viz import plot_quality_vs_calls
 
@@ -33,40 +21,40 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_run_flag(p)
-    p.add_argument("--n-samples", type=nonnegative_int, default=1000,
+    common.add_run_flag(p)
+    p.add_argument("--n-samples", type=common.nonnegative_int, default=1000,
                    help="samples for the sample-quality metrics (0: skip; default 1000)")
-    add_sampler_flags(p, several=True)
-    p.add_argument("--guidance", type=finite_float, default=None,
+    common.add_sampler_flags(p, several=True)
+    p.add_argument("--guidance", type=common.finite_float, default=None,
                    help="guidance scale (default: the run's train.guidance)")
-    p.add_argument("--bpd-images", type=nonnegative_int, default=64,
+    p.add_argument("--bpd-images", type=common.nonnegative_int, default=64,
                    help="test images for bits/dim (default 64; 0: skip). The bound costs T network "
                         "evaluations per image (64 images x 1000 steps is as much work as sampling 64 images "
                         "with the ancestral sampler)")
-    p.add_argument("--bpd-batch-size", type=positive_int, default=64,
+    p.add_argument("--bpd-batch-size", type=common.positive_int, default=64,
                    help="(image, t) pairs per forward pass (default 64: on a CPU the cost per image grows "
                         "with the batch once activations leave the cache; use more on a GPU)")
-    p.add_argument("--bpd-timesteps", type=positive_int, default=None,
+    p.add_argument("--bpd-timesteps", type=common.positive_int, default=None,
                    help="evaluate only this many timesteps per image (t=1 plus one per stratum of t, "
                         "weighted): an unbiased estimate of the bound at a fraction of the cost "
                         "(default: all T)")
-    p.add_argument("--sample-batch-size", type=positive_int, default=64,
+    p.add_argument("--sample-batch-size", type=common.positive_int, default=64,
                    help="images per sampling batch (default 64)")
     p.add_argument("--classifier", default=None, help="evaluation classifier file (default: "
                                                       "data/classifiers/<dataset>.pt, trained on first use)")
     p.add_argument("--out", default=None, help="JSON report (default: <run>/eval.json)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    add_device_flags(p)
+    p.add_argument("--seed", type=common.nonnegative_int, default=0)
+    common.add_device_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    run_path = resolve_run(args.run)
+    run_path = common.resolve_run(args.run)
     if len(args.sampler) * len(args.steps or [None]) > 1:
         return _sweep(args, run_path)
-    out = check_output(args.out if args.out is not None else report_path(run_path), (".json",), "--out")
-    device = setup_device(args)
-    steps, options = sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
+    out = common.check_output(args.out if args.out is not None else report_path(run_path), (".json",), "--out")
+    device = common.setup_device(args)
+    steps, options = common.sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
     report = evaluate_run(run_path, n_samples=args.n_samples, sampler=args.sampler[0], steps=steps, options=options,
                           guidance=args.guidance, bpd_images=args.bpd_images, bpd_batch_size=args.bpd_batch_size,
                           bpd_timesteps=args.bpd_timesteps, sample_batch_size=args.sample_batch_size,
@@ -80,14 +68,14 @@ def run(args) -> int:
 def _sweep(args, run_path: Path) -> int:
     """Several samplers and step counts: the table, a JSON file and the plot (no bits/dim)."""
     folder = run_path if run_path.is_dir() else Path(".")
-    out = check_output(args.out if args.out is not None else folder / "eval_sweep.json", (".json",), "--out")
-    png = check_output(folder / "samples" / "quality_vs_steps.png", (".png",), "the plot")
+    out = common.check_output(args.out if args.out is not None else folder / "eval_sweep.json", (".json",), "--out")
+    png = common.check_output(folder / "samples" / "quality_vs_steps.png", (".png",), "the plot")
     if args.n_samples < 2:
-        raise UsageError("a sweep needs --n-samples of at least 2")
+        raise common.UsageError("a sweep needs --n-samples of at least 2")
     options = {"spacing": args.spacing, "threshold": args.threshold, "precision": args.precision}
     if args.eta != 0.0 or args.variance != "fixed_small":
-        raise UsageError("--eta and --variance are for one sampler; a sweep takes --spacing and --threshold")
-    device = setup_device(args)
+        raise common.UsageError("--eta and --variance are for one sampler; a sweep takes --spacing and --threshold")
+    device = common.setup_device(args)
     result = quality_sweep(run_path, args.sampler, args.steps or [None], n_samples=args.n_samples,
                            guidance=args.guidance, seed=args.seed, batch_size=args.sample_batch_size,
                            classifier=args.classifier, options=options, device=device, progress=not args.no_progress)
