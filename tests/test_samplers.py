@@ -595,3 +595,12 @@ def test_batched_guidance_and_bf16_are_the_same_function(cond_mode):
     assert half.dtype == torch.float32 and (half - two).abs().max() < 0.05 * two.abs().max()
     with pytest.raises(ValueError, match="precision"):
         in_precision(model, "fp8")
+
+
+def test_default_steps():
+    from ddpm.samplers import default_steps
+
+    assert [default_steps(s, 1000) for s in ("ancestral", "ddim", "dpmpp-2m", "dpmpp-3m")] == [1000, 50, 15, 15]
+    assert default_steps("ddim", 30) == 30  # never more than T
+    with pytest.raises(ValueError, match="sampler"):
+        default_steps("euler", 1000)

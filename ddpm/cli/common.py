@@ -105,7 +105,7 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim", several
                    help=f"ancestral (the paper's Algorithm 2), ddim, dpmpp-2m or dpmpp-3m (DPM-Solver++; 3m for "
                         f"unguided sampling) (default: {default}){lists}")
     p.add_argument("--steps", type=steps_list if several else positive_int,
-                   help=f"sampling steps (default: T for ancestral, 50 for ddim, 20 for dpmpp){lists}")
+                   help=f"sampling steps (default: T for ancestral, 50 for ddim, 15 for dpmpp){lists}")
     p.add_argument("--spacing", choices=SPACINGS, default="uniform",
                    help="which timesteps a sampler with fewer than T steps visits: uniform in t (default), "
                         "uniform in lambda = log(alpha/sigma), or karras (rho = 7)")

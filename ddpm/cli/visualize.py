@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--T", type=positive_int, help="diffusion steps (default: 1000; pitfall: 300)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--steps", type=positive_int, help="reverse: sampling steps (default: T for ancestral, 50 for "
-                                                      "ddim, 20 for dpmpp); toy: training steps (default: 2000)")
+                                                      "ddim, 15 for dpmpp); toy: training steps (default: 2000)")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="reverse: the sampler (default: ddim)")
     p.add_argument("--n", type=positive_int, help="number of images or points (default depends on the figure)")
     p.add_argument("--class", dest="klass", help="reverse: class label (index or name)")

@@ -56,12 +56,13 @@ __all__ = ["PRECISIONS", "in_precision", "with_null", "default_steps", "DEFAULT_
            "dpmpp_2m_sample_progressive", "dpmpp_3m_sample", "dpmpp_3m_sample_progressive", "sample"]
 
 
-DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 20, "dpmpp-3m": 20}  # ancestral: every one of the T steps
+DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 15, "dpmpp-3m": 15}  # ancestral: every one of the T steps
 
 
 def default_steps(sampler: str, T: int) -> int:
     """The number of steps a sampler takes unless told otherwise: T for the paper's ancestral sampler, 50 for
-    DDIM, 20 for DPM-Solver++ (never more than T)."""
+    DDIM, 15 for DPM-Solver++ (never more than T). On the shipped MNIST model DPM-Solver++(2M) at 15 steps
+    matches DDIM at 50 (README: "Sampling")."""
     check_mode(sampler, SAMPLERS, "sampler")
     return min(T, DEFAULT_STEPS.get(sampler, T))
 

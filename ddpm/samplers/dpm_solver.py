@@ -89,7 +89,7 @@ def dpmpp_update(x: Tensor, alpha_bar_s: float, alpha_bar_t: float, history: Seq
 
 @torch.no_grad()
 def dpmpp_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None, *,
-                             order: int = 2, steps: int = 20, spacing: Spacing = "uniform",
+                             order: int = 2, steps: int = 15, spacing: Spacing = "uniform",
                              guidance_scale: float | None = None, clip_denoised: bool | None = None,
                              threshold: Threshold | None = None, percentile: float = DEFAULT_PERCENTILE,
                              x_T: Tensor | None = None, generator: torch.Generator | None = None, device=None,
