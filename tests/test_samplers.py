@@ -593,6 +593,10 @@ def test_batched_guidance_and_bf16_are_the_same_function(cond_mode):
     torch.testing.assert_close(one, two, rtol=1e-4, atol=1e-5)
     assert not torch.equal(two, model(x, t, cond))  # guidance changed something
     assert half.dtype == torch.float32 and (half - two).abs().max() < 0.05 * two.abs().max()
+    with torch.no_grad():
+        auto = in_precision(guided(model, 2.5), "auto")(x, t, cond)
+    from ddpm.samplers.guidance import bf16_is_fast
+    torch.testing.assert_close(auto, half if bf16_is_fast("cpu") else two, rtol=0, atol=0)
     with pytest.raises(ValueError, match="precision"):
         in_precision(model, "fp8")
 

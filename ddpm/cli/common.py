@@ -96,7 +96,8 @@ def steps_list(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",")]
 
 
-def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim", several: bool = False) -> None:
+def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim", several: bool = False,
+                      precision: str = "fp32") -> None:
     """--sampler, --steps, --spacing, --threshold, --eta and --variance: how to sample, the same on every command.
     several=True lets --sampler and --steps take comma-separated lists (evaluate's sweep)."""
     lists = " (comma-separated lists make a sweep)" if several else ""
@@ -111,8 +112,9 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim", several
                         "uniform in lambda = log(alpha/sigma), or karras (rho = 7)")
     p.add_argument("--threshold", choices=THRESHOLDS, default="clip",
                    help="predicted x_0 outside [-1, 1]: clip (default), dynamic (Imagen's, percentile 0.995) or none")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="the network's arithmetic: fp32 (default) or bf16 (autocast; faster on CPUs with bf16 units)")
+    p.add_argument("--precision", choices=PRECISIONS, default=precision,
+                   help=f"the network's arithmetic: fp32, bf16 (autocast), or auto (bf16 where the CPU or GPU has "
+                        f"bf16 units, else fp32) (default: {precision})")
     p.add_argument("--eta", type=nonnegative_float, default=0.0, help="ddim: eta (0: deterministic; 1: "
                                                                       "ancestral-like)")
     p.add_argument("--variance", choices=VARIANCES, default="fixed_small",
@@ -207,7 +209,7 @@ def resolve_condition(loaded: LoadedRun, n: int | None, klass: str | None, promp
         try:
             loaded.model.conditioner.tokenizer.encode([prompt], loaded.config.model.max_prompt_len)
         except UnknownWordsError as e:
-            raise UsageError(f"{shorten(e.describe(), 260)} in --prompt; list the {e.vocab_size} known words with: "
+            raise UsageError(f"--prompt: {shorten(e.describe(), 260)}; list the {e.vocab_size} known words with: "
                              f"python -m ddpm sample --vocabulary{_run_flag(loaded)}") from None
         except ValueError as e:
             raise UsageError(shorten(str(e), 200)) from None

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_flag(p)
     p.add_argument("--n", type=positive_int, default=None, help="number of images (default: 8 per class, or 64)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    add_sampler_flags(p, default="dpmpp-2m")
+    add_sampler_flags(p, default="dpmpp-2m", precision="auto")
     p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale s (1: none; default: "
                                                          "the run's config)")
     p.add_argument("--class", dest="klass", help="class label (index or name, e.g. 7 or seven)")

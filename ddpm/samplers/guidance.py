@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -9,9 +10,9 @@ from torch import Tensor
 
 from ddpm._util import check_mode
 
-__all__ = ["guided", "with_null", "in_precision", "PRECISIONS"]
+__all__ = ["guided", "with_null", "in_precision", "bf16_is_fast", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def with_null(cond):
@@ -44,14 +45,28 @@ def guided(model: Callable, guidance_scale: float | None, batched: bool = False)
     return guided_model
 
 
+@functools.cache
+def bf16_is_fast(device_type: str) -> bool:
+    """Whether this machine has bfloat16 arithmetic units for ``device_type`` ("cpu": AVX512-BF16 / AMX as
+    oneDNN reports them; "cuda": Ampere or newer); where it has none, bf16 would be emulated, and slower."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def in_precision(model: Callable, precision: str = "fp32") -> Callable:
-    """The model run in ``precision``: "fp32" (as it is) or "bf16" (torch.autocast: matrix products and
-    convolutions in bfloat16, the output cast back to x_t's dtype; the sampler's arithmetic stays fp32)."""
+    """The model run in ``precision``: "fp32" (as it is), "bf16" (torch.autocast: matrix products and
+    convolutions in bfloat16, the output cast back to x_t's dtype; the sampler's arithmetic stays fp32), or
+    "auto" (bf16 where the device has bf16 units, see bf16_is_fast; fp32 elsewhere)."""
     check_mode(precision, PRECISIONS, "precision")
     if precision == "fp32":
         return model
 
     def bf16_model(x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        if precision == "auto" and not bf16_is_fast(x_t.device.type):
+            return model(x_t, t, cond)
         with torch.autocast(x_t.device.type, dtype=torch.bfloat16):
             out = model(x_t, t, cond)
         return out.to(x_t.dtype)
