@@ -112,7 +112,7 @@ def run(args) -> int:
     summary = trainer.fit(minutes=args.minutes)
     if dist.is_main:
         state = "interrupted; checkpoint saved" if summary["interrupted"] else "done"
-        print(f"{state}: step {summary['step']}/{config.train.steps}, {summary['steps_run']} steps in "
+        print(f"{state}: step {summary['step']}/{trainer.config.train.steps}, {summary['steps_run']} steps in "
               f"{summary['wall_s']:.0f} s ({summary['steps_per_s']:.2f} steps/s), final loss "
               f"{summary['final_loss']:.4f}")
         if summary["budget"]:
