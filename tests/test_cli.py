@@ -6,6 +6,7 @@ import torch
 from ddpm.checkpoints import load_run
 from ddpm.cli import main
 from ddpm.config import get_preset
+from ddpm.datasets import caption_max_words, caption_vocabulary
 from ddpm.training import Trainer
 
 
@@ -66,6 +67,26 @@ def test_class_out_of_range(runs, capsys):
 def test_prompt_with_unknown_words(runs, capsys):
     err = _error(capsys, ["sample", "--run", str(runs / "txt"), "--prompt", "a handwritten heptagon"])
     assert "heptagon" in err
+    err = _error(capsys, ["sample", "--run", str(runs / "txt"), "--prompt", "a thik sevn"])
+    assert "unknown word(s) ['thik', 'sevn']; closest known: thik -> thick" in err and "sevn -> seven" in err
+    assert err.endswith(f"list the {len(caption_vocabulary('mnist'))} known words with: python -m ddpm sample "
+                        f"--vocabulary --run {runs / 'txt'}")
+
+
+def test_a_prompt_longer_than_the_encoder_reads(runs, capsys):
+    err = _error(capsys, ["sample", "--run", str(runs / "txt"), "--prompt", "a " * 20 + "seven"])
+    assert f"has 21 words; this text encoder reads at most {caption_max_words('mnist')}" in err
+
+
+def test_vocabulary(runs, capsys):
+    assert main(["sample", "--run", str(runs / "txt"), "--vocabulary"]) == 0
+    out = capsys.readouterr().out
+    first, *rest = out.strip().splitlines()
+    assert first.startswith(f"{len(caption_vocabulary('mnist'))} words that ") and "the empty prompt" in first
+    assert " ".join(rest).split() == list(caption_vocabulary("mnist"))
+    assert not (runs / "txt" / "samples" / "sample_ddim_seed0.png").exists()  # printed, nothing sampled
+    assert "only a text model has a vocabulary" in _error(capsys, ["sample", "--run", str(runs / "cls"),
+                                                                   "--vocabulary"])
 
 
 def test_prompt_for_a_class_model_and_class_for_text_model(runs, capsys):

@@ -85,7 +85,8 @@ def test_tokenizer_unknown_words_are_named_with_the_closest_known_ones():
     e = err.value
     assert isinstance(e, ValueError) and e.unknown == ["purple", "thik", "elephant", "sevn"]  # prompt order, once
     assert e.closest["thik"][0] == "thick" and e.closest["sevn"] == ["seven"] and e.closest["purple"] == []
-    assert str(e).startswith("unknown words 'purple' (nothing close), 'thik' (closest known: thick")
+    assert str(e).startswith("unknown word(s) ['purple', 'thik', 'elephant', 'sevn']; closest known: purple -> none; "
+                             "thik -> thick, thin")
     assert "\n" not in str(e) and f"{len(MNIST_CAPTION_VOCAB)} known words" in str(e)
     with pytest.raises(UnknownWordsError, match="and 15 more") as err:  # a flood is counted, not listed
         tok.encode([" ".join(f"zz{i}" for i in range(20))], 8)

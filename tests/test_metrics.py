@@ -250,6 +250,7 @@ def test_evaluate_writes_a_report(tiny_run, capsys):
     report = json.loads((run / "eval.json").read_text())
     assert {"run", "step", "preset", "dataset", "bits_per_dim", "samples", "classifier_metrics",
             "inception_fid"} <= set(report)
+    assert "attribute_adherence" not in report  # a class run has no words to follow
     bpd = report["bits_per_dim"]
     assert bpd["n_images"] == 2 and bpd["T"] == 100 and bpd["bpd"] > 0 and len(bpd["kl_by_range"]) == 10
     cm = report["classifier_metrics"]
@@ -268,6 +269,23 @@ def test_evaluate_out_and_skips(tiny_run, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["samples"] is None and report["bits_per_dim"]["timesteps"] == 3
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_evaluate_a_text_run_reports_attribute_adherence(tiny_run, capsys):
+    run = tiny_run / "text"
+    Trainer(get_preset("tiny", steps=2, ckpt_every=0, cond="text"), run, device="cpu", progress=False).fit(
+        final_samples=False)
+    assert _evaluate(["--run", str(run), "--n-samples", "20", "--steps", "2", "--bpd-images", "0",
+                      "--classifier", str(tiny_run / "clf.pt"), "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "attribute adherence" in out and "held-out" in out and "slanted left" in out
+    adherence = json.loads((run / "eval.json").read_text())["attribute_adherence"]
+    assert adherence["available"] and adherence["n"] == 65 + 10  # one per seen combination, 2 per held-out one
+    assert adherence["chance"] == pytest.approx(1 / 3, abs=1e-3)
+    for key in ("seen", "held_out"):
+        assert 0 <= adherence[key]["share"] <= 1 and 0 <= adherence[key]["base"] <= 1
+        assert 0 <= adherence["digit_accuracy"][key] <= 1
+    assert len(adherence["words"]) == 7 and adherence["held_out_combinations"][0] == "a handwritten one written thick"
 
 
 def test_report_path(tmp_path):

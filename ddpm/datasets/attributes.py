@@ -76,13 +76,13 @@ def _column_distance(ink: Tensor) -> Tensor:
 
 def distance_to_background(ink: Tensor) -> Tensor:
     """Exact Euclidean distance transform: ink bool [B, H, W] -> float32 [B, H, W], for each ink pixel the
-    distance to the nearest background pixel (0 on background).
+    distance to the nearest background pixel (0 on background; outside the image counts as background).
 
     Separable, as in Felzenszwalb & Huttenlocher (2012): g = squared distance within the column, then
     D(i, j) = min_l g(i, l) + (j - l)^2 along the row. The row pass tries offsets |j - l| = 1, 2, ... and
     stops once o^2 exceeds every D found so far: no farther column can be nearer.
     """
-    g = _column_distance(ink).square()
+    g = torch.nn.functional.pad(_column_distance(ink).square(), (1, 1))  # the columns beside the image: background
     d = g.clone()
     width = g.shape[2]
     for o in range(1, width):
@@ -90,7 +90,7 @@ def distance_to_background(ink: Tensor) -> Tensor:
             break
         d[:, :, o:] = torch.minimum(d[:, :, o:], g[:, :, :-o] + o * o)  # the column o to the left
         d[:, :, :-o] = torch.minimum(d[:, :, :-o], g[:, :, o:] + o * o)  # the column o to the right
-    return d.sqrt()
+    return d[:, :, 1:-1].sqrt()
 
 
 def _measure_chunk(images: Tensor) -> Tensor:

@@ -98,39 +98,55 @@ def _share(hit: Tensor, mask: Tensor) -> tuple[float | None, int]:
     return (round(float(hit[mask].double().mean()), 4) if n else None), n
 
 
-def score_adherence(images: Tensor, plan: AdherencePlan, edges: Tensor,
-                    predicted: Tensor | None = None) -> dict[str, Any]:
+def _base_rates(images: Tensor, labels: Tensor, edges: Tensor, plan: AdherencePlan) -> Tensor:
+    """For each row of the plan, the share of the plain-prompt samples of its digit that fall in its bin
+    (what the row would score if the word were not said): float64 [n]."""
+    bins = attribute_bins(measure_digits(images), labels, edges).long()  # [m, 3]
+    rate = torch.full((len(edges), len(ATTRIBUTES), 3), float("nan"), dtype=torch.float64)
+    for c in range(len(edges)):
+        mine = bins[labels == c]
+        if len(mine):
+            rate[c] = torch.stack([(mine == b).double().mean(0) for b in range(3)], dim=1)
+    return rate[plan.labels, plan.attribute, plan.bin]
+
+
+def _shares(hit: Tensor, base: Tensor | None, mask: Tensor) -> dict[str, Any]:
+    share, n = _share(hit, mask)
+    out = {"share": share, "n": n}
+    if base is not None:
+        b = base[mask]
+        out["base"] = round(float(b.nanmean()), 4) if n and not b.isnan().all() else None
+    return out
+
+
+def score_adherence(images: Tensor, plan: AdherencePlan, edges: Tensor, predicted: Tensor | None = None,
+                    baseline: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
     """The report of samples ``images`` uint8 [n, 1, 28, 28] drawn for ``plan``; ``edges`` [10, 3, 2]: the
-    terciles of real digits (ddpm.datasets.mnist_edges). ``predicted`` [n]: a classifier's digit for each
-    sample, to say whether the style words keep the digit right (optional)."""
-    measured = measure_digits(images)
-    bins = attribute_bins(measured, plan.labels, edges).long()  # [n, 3]: the tercile of each measure
-    got = bins.gather(1, plan.attribute.view(-1, 1)).squeeze(1)
-    hit = got == plan.bin
+    terciles of real digits (ddpm.datasets.mnist_edges). Optional: ``predicted`` [n], a classifier's digit for
+    each sample (do the style words keep the digit right?); ``baseline`` (images, labels) sampled with the
+    plain class prompts, for each word's "base": the share it gets without being said."""
+    bins = attribute_bins(measure_digits(images), plan.labels, edges).long()  # [n, 3]: the tercile of each measure
+    hit = bins.gather(1, plan.attribute.view(-1, 1)).squeeze(1) == plan.bin
+    base = _base_rates(*baseline, edges, plan) if baseline is not None and baseline[1] is not None else None
+    seen, held = ~plan.held_out, plan.held_out
     words = []
     for a, name in enumerate(ATTRIBUTES):
         for b, word in enumerate(ATTRIBUTE_WORDS[name]):
-            if word is None:
-                continue
-            mine = (plan.attribute == a) & (plan.bin == b)
-            seen, n_seen = _share(hit, mine & ~plan.held_out)
-            held, n_held = _share(hit, mine & plan.held_out)
-            words.append({"word": word, "attribute": name, "bin": b, "seen": seen, "n_seen": n_seen,
-                          "held_out": held, "n_held_out": n_held})
-    by_attribute = {}
-    for a, name in enumerate(ATTRIBUTES):
-        mine = plan.attribute == a
-        by_attribute[name] = {"seen": _share(hit, mine & ~plan.held_out)[0],
-                              "held_out": _share(hit, mine & plan.held_out)[0]}
+            if word is not None:
+                mine = (plan.attribute == a) & (plan.bin == b)
+                words.append({"word": word, "attribute": name, "bin": b, "seen": _shares(hit, base, mine & seen),
+                              "held_out": _shares(hit, base, mine & held)})
+    by_attribute = {name: {"seen": _shares(hit, base, (plan.attribute == a) & seen),
+                           "held_out": _shares(hit, base, (plan.attribute == a) & held)}
+                    for a, name in enumerate(ATTRIBUTES)}
     report = {"available": True, "n": len(images), "chance": round(CHANCE, 4),
-              "seen": _share(hit, ~plan.held_out)[0], "held_out": _share(hit, plan.held_out)[0],
+              "seen": _shares(hit, base, seen), "held_out": _shares(hit, base, held),
               "by_attribute": by_attribute, "words": words,
               "held_out_combinations": [attribute_prompt(label, name, b) for label, name, b in HELD_OUT],
               "prompt_example": plan.prompts[0]}
     if predicted is not None:
         right = predicted.cpu() == plan.labels
-        report["digit_accuracy"] = {"seen": _share(right, ~plan.held_out)[0],
-                                    "held_out": _share(right, plan.held_out)[0]}
+        report["digit_accuracy"] = {"seen": _share(right, seen)[0], "held_out": _share(right, held)[0]}
     return report
 
 
@@ -138,20 +154,28 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def _cell(s: dict[str, Any], n: bool = False) -> str:
+    """ "81% (base 35%, n=60)" """
+    extra = [f"base {_pct(s['base'])}"] if s.get("base") is not None else []
+    extra += [f"n={s['n']}"] if n else []
+    return _pct(s["share"]) + (f" ({', '.join(extra)})" if extra else "")
+
+
 def adherence_rows(report: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """Rows of the evaluate table: the overall and per-attribute shares, then one row per word."""
+    """Rows of the evaluate table: the overall and per-attribute shares, then one row per word. "base": the
+    share the same digits get from the plain class prompt, i.e. without the word."""
     if not report:
         return []
     if not report.get("available"):
         return [("attribute adherence", report.get("message", "not measured"))]
-    rows = [("attribute adherence", f"seen {_pct(report['seen'])}, held-out {_pct(report['held_out'])} "
-                                    f"(chance {_pct(report['chance'])}; {report['n']} samples, prompts like "
-                                    f"{report['prompt_example']!r})")]
+    rows = [("attribute adherence", f"seen {_cell(report['seen'])}, held-out {_cell(report['held_out'])}; chance "
+                                    f"{_pct(report['chance'])}, {report['n']} samples of prompts like "
+                                    f"{report['prompt_example']!r}")]
     for name, shares in report["by_attribute"].items():
-        rows.append((f"  {name}", f"seen {_pct(shares['seen'])}, held-out {_pct(shares['held_out'])}"))
+        rows.append((f"  {name}", f"seen {_cell(shares['seen'])}, held-out {_cell(shares['held_out'])}"))
     for w in report["words"]:
-        held = f", held-out {_pct(w['held_out'])} (n={w['n_held_out']})" if w["n_held_out"] else ""
-        rows.append((f"    {w['word']}", f"seen {_pct(w['seen'])} (n={w['n_seen']}){held}"))
+        held = f", held-out {_cell(w['held_out'], n=True)}" if w["held_out"]["n"] else ""
+        rows.append((f"    {w['word']}", f"seen {_cell(w['seen'], n=True)}{held}"))
     acc = report.get("digit_accuracy")
     if acc:
         rows.append(("  right digit (classifier)", f"seen {_pct(acc['seen'])}, held-out {_pct(acc['held_out'])}"))

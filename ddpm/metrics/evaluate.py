@@ -135,10 +135,12 @@ def sample_conditions(loaded: LoadedRun, cond: Any, n: int, *, sampler: str = "d
     return torch.cat(out)
 
 
-def attribute_adherence(loaded: LoadedRun, n: int, root, *, classifier=None, **sampling) -> dict[str, Any]:
+def attribute_adherence(loaded: LoadedRun, n: int, root, *, classifier=None,
+                        baseline: tuple[Tensor, Tensor] | None = None, **sampling) -> dict[str, Any]:
     """Samples for the grammar's attribute prompts, scored by ddpm.metrics.attributes (the report's
-    "attribute_adherence"; {"available": False, "message"} for models that have no style words). ``sampling``:
-    the keyword arguments of sample_conditions."""
+    "attribute_adherence"; {"available": False, "message"} for models that have no style words). ``baseline``:
+    (images, labels) sampled with the plain class prompts, for the share each word would get without being
+    said; ``sampling``: the keyword arguments of sample_conditions."""
     m = loaded.config.model
     why = adherence_supported(loaded.cond, loaded.config.data.dataset, getattr(m, "vocab", ()),
                               getattr(m, "max_prompt_len", 0))
@@ -148,7 +150,7 @@ def attribute_adherence(loaded: LoadedRun, n: int, root, *, classifier=None, **s
     images = sample_conditions(loaded, plan.prompts, len(plan.prompts), **sampling)
     clf, _ = load_or_train_classifier(classifier, loaded.config.data.dataset, root=root)
     predicted = classifier_features(clf, images)[1].argmax(dim=1)
-    return score_adherence(images, plan, mnist_edges(root), predicted=predicted)
+    return score_adherence(images, plan, mnist_edges(root), predicted=predicted, baseline=baseline)
 
 
 # ------------------------------------------------------------------ a whole run
@@ -188,16 +190,16 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
                                    timesteps=bpd_timesteps, seed=seed, progress=progress)
         bpd["condition"] = "null (unconditional bound)" if loaded.cond != "none" else "none"
         report["bits_per_dim"] = bpd
-    report["samples"] = None
+    report["samples"], plain = None, []
     if n_samples:
         guidance = guidance if guidance is not None else loaded.config.train.guidance
         report.update(judge_samples(loaded, test, root, n_samples, sampler=sampler, steps=steps, guidance=guidance,
                                     seed=seed, batch_size=sample_batch_size, classifier=classifier, options=options,
-                                    progress=progress))
+                                    progress=progress, samples_out=plain))
         if loaded.cond == "text":
             report["attribute_adherence"] = attribute_adherence(
-                loaded, n_samples, root, classifier=classifier, sampler=sampler, steps=steps, guidance=guidance,
-                seed=seed + 1, batch_size=sample_batch_size, options=options, progress=progress)
+                loaded, n_samples, root, classifier=classifier, baseline=plain[0], sampler=sampler, steps=steps,
+                guidance=guidance, seed=seed + 1, batch_size=sample_batch_size, options=options, progress=progress)
     report["seconds"] = round(time.perf_counter() - start, 1)
     path = write_text_atomic(out if out is not None else report_path(loaded.path), json.dumps(report, indent=2) + "\n")
     report["path"] = str(path)
@@ -224,11 +226,14 @@ def _header(loaded: LoadedRun, seed: int) -> dict[str, Any]:
 
 def judge_samples(loaded: LoadedRun, test: ImageDataset, root, n: int, *, sampler: str, steps: int | None,
                   guidance: float, seed: int, batch_size: int, classifier, options: dict[str, Any] | None = None,
-                  progress: bool = False) -> dict[str, Any]:
-    """Generate n samples; the report's "samples", "classifier_metrics" and "inception_fid" entries."""
+                  progress: bool = False, samples_out: list | None = None) -> dict[str, Any]:
+    """Generate n samples; the report's "samples", "classifier_metrics" and "inception_fid" entries. A list
+    ``samples_out`` receives (images, labels) of the samples."""
     t0 = time.perf_counter()
     images, labels, _ = generate_samples(loaded, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
                                          batch_size=batch_size, options=options, progress=progress)
+    if samples_out is not None:
+        samples_out.append((images, labels))
     samples = {"n": n, "sampler": sampler, "steps": steps if steps is not None else default_steps(sampler,
                                                                                                   loaded.diffusion.T),
                "options": dict(options or {}), "guidance": guidance if labels is not None else None,

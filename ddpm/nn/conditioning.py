@@ -53,14 +53,12 @@ class UnknownWordsError(ValueError):
         super().__init__(f"{self.describe()}; the {self.vocab_size} known words are in Tokenizer.vocab")
 
     def describe(self) -> str:
-        """One line: "unknown word 'thik' (closest known: thick, thin)", with at most SHOWN words."""
-        parts = []
-        for w in self.unknown[:self.SHOWN]:
-            near = self.closest[w]
-            parts.append(f"{shorten(w, 20)!r} (closest known: {', '.join(near)})" if near
-                         else f"{shorten(w, 20)!r} (nothing close)")
+        """One line: "unknown word(s) ['thik', 'purple']; closest known: thik -> thick, thin; purple -> none"."""
+        shown = [shorten(w, 20) for w in self.unknown[:self.SHOWN]]
         more = f" and {len(self.unknown) - self.SHOWN} more" if len(self.unknown) > self.SHOWN else ""
-        return f"unknown word{'s' * (len(self.unknown) > 1)} " + ", ".join(parts) + more
+        near = "; ".join(f"{s} -> {', '.join(self.closest[w]) or 'none'}"
+                         for s, w in zip(shown, self.unknown, strict=False))
+        return f"unknown word(s) {shown}{more}; closest known: {near}"
 
 
 class Tokenizer:
