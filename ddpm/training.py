@@ -105,7 +105,7 @@ class Trainer:
         self.diffusion = build_diffusion(self.config, self.device)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.optimizer = opt_cls(self.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tc.warmup, self.config.train.steps, tc.lr_schedule))
         self.caption_gen = torch.Generator().manual_seed(tc.seed + 7919 * (dist.rank + 1))
@@ -122,6 +122,19 @@ class Trainer:
         """Release the run folder's lock (fit does this when it returns)."""
         if self.lock is not None:
             self.lock.release()
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: the conditioner (a text encoder: its own learning rate,
+        cond_lr_scale x lr) and the rest. Adam moves every weight by about lr per step whatever its gradient,
+        so a text encoder trained at the U-Net's lr rewrites its codes within tens of steps and the U-Net
+        chases a moving target (docs/results.md, "Why the text path learned slowly")."""
+        tc = self.config.train
+        named = list(self.model.named_parameters())
+        cond = [p for n, p in named if n.startswith("conditioner.")]
+        if tc.cond_lr_scale == 1.0 or not cond:
+            return [{"params": [p for _, p in named]}]  # one group (as checkpoints before cond_lr_scale have)
+        rest = [p for n, p in named if not n.startswith("conditioner.")]
+        return [{"params": rest, "lr": tc.lr}, {"params": cond, "lr": tc.lr * tc.cond_lr_scale}]
 
     # ------------------------------------------------------------------ data and conditioning
     def _make_loader(self, dataset) -> BatchLoader:

@@ -75,6 +75,9 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert {"ancestral_64xT_s", "ddim50_s", "ddim50_guided_s"} <= set(estimated)
     assert fp32["memory"]["training_peak_mb"] > 0
     assert "guidance: 1 call of 2B" in result["experiments"]
+    train_knobs = {k: v for k, v in result["experiments"].items() if k.startswith("train step")}
+    assert {"train step: fp32", "train step: channels_last"} <= set(train_knobs)
+    assert train_knobs["train step: fp32"]["speedup"] == 1.0  # the reference of the training knobs
     assert "sampling forward" in result["profile"]
     assert "goal train_mfu" in format_bench(result)
 

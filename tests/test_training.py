@@ -57,6 +57,25 @@ def test_resume_is_exact(tmp_path, cond):
         assert torch.equal(a["ema"][key], b["ema"][key]), key
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.1])
+def test_the_text_encoder_has_its_own_learning_rate(tmp_path, scale):
+    """cond_lr_scale: the conditioner's parameters get lr x scale (0 freezes them); everything else gets lr.
+    With Adam a weight moves by about lr per step, so the encoder's weights move about ``scale`` as far."""
+    trainer = Trainer(_tiny(cond="text", cond_lr_scale=scale, steps=3), tmp_path / "run", device="cpu", progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit(final_samples=False)
+    groups = trainer.optimizer.param_groups
+    assert len(groups) == 2 and groups[1]["initial_lr"] == pytest.approx(scale * groups[0]["initial_lr"])
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in trainer.model.named_parameters()}
+    enc = max(v for n, v in moved.items() if n.startswith("conditioner."))
+    rest = max(v for n, v in moved.items() if not n.startswith("conditioner."))
+    assert rest > 0
+    assert enc == 0 if scale == 0 else 0 < enc < 0.5 * rest
+    # one group where the scale is 1 (as in checkpoints written before cond_lr_scale existed)
+    plain = Trainer(_tiny(cond="text", steps=1), tmp_path / "plain", device="cpu", progress=False)
+    assert len(plain.optimizer.param_groups) == 1
+
+
 def test_resume_from_a_checkpoint_drops_later_log_rows(tmp_path):
     run = tmp_path / "run"
     trainer = Trainer(_tiny(), run, device="cpu", progress=False)

@@ -21,21 +21,24 @@ GUIDED_TWO, GUIDED_ONE = "guidance: 2 calls of B", "guidance: 1 call of 2B"
 
 
 def explore_knobs(model, shape: tuple[int, ...], cond, device: torch.device, *, repeats: int = 3,
-                  train_step: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """What a few knobs do to one sampling forward pass at this batch (and to a training step).
+                  train_step: Callable[..., Any] | None = None, train_batch: torch.Tensor | None = None
+                  ) -> dict[str, Any]:
+    """What a few knobs do to one sampling forward pass at this batch, and to a training step.
 
     The variants run round-robin (see ``interleaved``). Each entry: best and median seconds, and the
     speedup (from the best times) over the baseline: no_grad, float32, contiguous, the current number of
     threads. Guidance: two calls of batch B (as ``ddpm.samplers.guided`` does) against one call of 2B.
+    Training (``train_step(net, x0)``: a forward and backward pass, with ``train_batch`` x0): against the same
+    step in float32, contiguous, at the current number of threads; bf16 autocast keeps fp32 weights and
+    gradients (mixed precision), channels_last converts the network and the batch.
     """
     times = interleaved(_forward_variants(model, shape, cond, device), device, repeats)
     res = {name: {"best_s": min(v), "median_s": statistics.median(v)} for name, v in times.items()}
     for name, v in res.items():
         ref = res[GUIDED_TWO if name in (GUIDED_TWO, GUIDED_ONE) else BASELINE]["best_s"]  # guidance: vs 2 calls
         v["speedup"] = ref / v["best_s"]
-    threads = torch.get_num_threads()
-    if train_step is not None and device.type == "cpu" and threads != 1:
-        res.update(_train_threads(train_step, threads, device, repeats))
+    if train_step is not None and train_batch is not None:
+        res.update(_train_variants(model, train_step, train_batch, device, repeats))
     return res
 
 
@@ -68,17 +71,32 @@ def _forward_variants(model, shape: tuple[int, ...], cond, device: torch.device)
     return fns
 
 
-def _train_threads(train_step: Callable[[], Any], threads: int, device: torch.device,
-                   repeats: int) -> dict[str, Any]:
-    """A training step with the current number of threads against one thread."""
-    def one_thread():
-        with num_threads(1):
-            train_step()
+TRAIN_BASELINE = "train step: fp32"
 
-    names = (f"train step, threads={threads}", f"train step, threads=1 (of {threads})")
-    tt = interleaved(dict(zip(names, (train_step, one_thread), strict=True)), device, repeats)
-    return {name: {"best_s": min(tt[name]), "median_s": statistics.median(tt[name]),
-                   "speedup": min(tt[names[0]]) / min(tt[name])} for name in names}
+
+def _train_variants(model, train_step: Callable[..., Any], x0: torch.Tensor, device: torch.device,
+                    repeats: int) -> dict[str, Any]:
+    """A training step (forward and backward) with one knob turned, against the fp32 contiguous step."""
+    threads = torch.get_num_threads()
+
+    def variant(net=model, x=x0, ctx=contextlib.nullcontext):
+        def fn():
+            with ctx():
+                train_step(net, x)
+        return fn
+
+    fns = {TRAIN_BASELINE: variant()}
+    if device.type == "cpu" and threads != 1:
+        fns[f"train step: threads=1 (of {threads})"] = variant(ctx=lambda: num_threads(1))
+    if device.type == "cuda" or torch.backends.mkldnn.is_available():
+        fns["train step: bf16 autocast"] = variant(ctx=lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+    if x0.ndim == 4:
+        net_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        fns["train step: channels_last"] = variant(net=net_cl, x=x0.contiguous(memory_format=torch.channels_last))
+    tt = interleaved(fns, device, repeats)
+    base = min(tt[TRAIN_BASELINE])
+    return {name: {"best_s": min(v), "median_s": statistics.median(v), "speedup": base / min(v)}
+            for name, v in tt.items()}
 
 
 def _null_like(cond):

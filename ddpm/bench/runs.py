@@ -229,7 +229,8 @@ def run_bench(preset: str = "mnist", *, batch_size: int | None = None, sample_ba
         say("knobs")
         result["experiments"] = explore_knobs(model, (sample_batch, *config.sample_shape), sample_cond, device,
                                               repeats=2 if quick else 3,
-                                              train_step=lambda: loss_backward(model, diffusion, x0, train_cond))
+                                              train_step=lambda net, x: loss_backward(net, diffusion, x, train_cond),
+                                              train_batch=x0)
     if profile:
         say("profile")
         result["profile"] = profile_steps(model, diffusion, x0, train_cond, device,

@@ -20,13 +20,15 @@ from ddpm.nn.conditioning import UnknownWordsError
 from ddpm.runtime import DEVICE_HELP, select_device
 from ddpm.samplers import PRECISIONS, SAMPLERS, SPACINGS, THRESHOLDS, default_steps
 
-__all__ = ["UsageError", "DEFAULT_RUN", "PRETRAINED", "positive_int", "nonnegative_int", "finite_float",
+__all__ = ["UsageError", "DEFAULT_RUN", "PRETRAINED", "DEFAULT_TEXT_RUN", "PRETRAINED_TEXT", "positive_int", "nonnegative_int", "finite_float",
            "nonnegative_float", "add_run_flag", "add_sampler_flags", "sampler_options", "add_device_flags",
            "setup_device", "resolve_run", "load_image_run", "resolve_condition", "class_index", "check_output",
            "MAX_ECHO", "vocabulary_text"]
 
 DEFAULT_RUN = "runs/mnist"
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "mnist.pt"
+DEFAULT_TEXT_RUN = "runs/mnist-text"  # where --prompt and --vocabulary look first when --run is not given
+PRETRAINED_TEXT = PRETRAINED.with_name("mnist-text.pt")
 MAX_ECHO = 60  # characters of user input echoed back in an error line
 
 
@@ -78,7 +80,8 @@ def nonnegative_float(text: str) -> float:
 def add_run_flag(p: argparse.ArgumentParser) -> None:
     """--run: the trained model to load (see resolve_run)."""
     p.add_argument("--run", default=None, help=f"run folder or exported .pt (default: {DEFAULT_RUN}, else the "
-                                                "shipped pretrained MNIST model)")
+                                                f"shipped pretrained MNIST model; with --prompt: {DEFAULT_TEXT_RUN}, "
+                                                "else the shipped text model)")
 
 
 def sampler_list(text: str) -> list[str]:
@@ -156,20 +159,23 @@ def setup_device(args) -> torch.device:
 
 
 # ---------------------------------------------------------------------------------- runs
-def resolve_run(run: str | None) -> Path:
-    """--run as given, else runs/mnist if it has a checkpoint, else the shipped pretrained model."""
+def resolve_run(run: str | None, text: bool = False) -> Path:
+    """--run as given, else runs/mnist if it has a checkpoint, else the shipped pretrained model; with
+    ``text`` (a prompt was given) runs/mnist-text, else the shipped text model."""
     if run is not None:
         return Path(run)
-    if (Path(DEFAULT_RUN) / CHECKPOINT_NAME).exists():
-        return Path(DEFAULT_RUN)
-    if PRETRAINED.exists():
-        return PRETRAINED
-    raise UsageError(f"no --run given and no {DEFAULT_RUN}/{CHECKPOINT_NAME}; train first: python -m ddpm train")
+    default, pretrained = (DEFAULT_TEXT_RUN, PRETRAINED_TEXT) if text else (DEFAULT_RUN, PRETRAINED)
+    if (Path(default) / CHECKPOINT_NAME).exists():
+        return Path(default)
+    if pretrained.exists():
+        return pretrained
+    preset = " --preset mnist-text" if text else ""
+    raise UsageError(f"no --run given and no {default}/{CHECKPOINT_NAME}; train first: python -m ddpm train{preset}")
 
 
-def load_image_run(run: str | None, device, use_ema: bool = True) -> LoadedRun:
+def load_image_run(run: str | None, device, use_ema: bool = True, text: bool = False) -> LoadedRun:
     """The run of --run (see resolve_run), refusing a 2D toy model where images are expected."""
-    loaded = load_run(resolve_run(run), device=device, use_ema=use_ema)
+    loaded = load_run(resolve_run(run, text), device=device, use_ema=use_ema)
     if loaded.config.model_kind == "mlp":
         raise UsageError(f"{loaded.path} is a 2D toy model: see python -m ddpm visualize toy --run {loaded.path}")
     return loaded
@@ -225,7 +231,8 @@ def resolve_condition(loaded: LoadedRun, n: int | None, klass: str | None, promp
 def _run_flag(loaded: LoadedRun) -> str:
     """ --run <path> as the user would type it again (nothing when it is the default run)."""
     path = loaded.path.parent if loaded.path.name == CHECKPOINT_NAME else loaded.path
-    return "" if path == Path(DEFAULT_RUN) or path == PRETRAINED else f" --run {shorten(path, MAX_ECHO)}"
+    defaults = (Path(DEFAULT_RUN), PRETRAINED, Path(DEFAULT_TEXT_RUN), PRETRAINED_TEXT)
+    return "" if path in defaults else f" --run {shorten(path, MAX_ECHO)}"
 
 
 def vocabulary_text(loaded: LoadedRun, width: int = 100) -> str:

@@ -61,7 +61,8 @@ def run(args) -> int:
     device = setup_device(args)
     if args.out:
         check_output(args.out, (".png",), "--out")  # before loading anything
-    loaded = load_image_run(args.run, device, use_ema=not args.no_ema)
+    text = args.prompt is not None or args.vocabulary  # without --run: the text model (runs/mnist-text or shipped)
+    loaded = load_image_run(args.run, device, use_ema=not args.no_ema, text=text)
     if args.vocabulary:
         print(vocabulary_text(loaded))
         return 0

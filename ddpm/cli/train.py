@@ -33,6 +33,13 @@ def _decay(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default: mnist, or the run's own "
                                                   "with --resume)")
@@ -44,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                            "that the run ends after about this many minutes here")
     p.add_argument("--batch-size", type=positive_int, help="global batch size")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    p.add_argument("--cond-lr-scale", type=_fraction,
+                   help="the text encoder's learning rate as a multiple of --lr (0 freezes it; default: the preset's)")
     p.add_argument("--cond", choices=("none", "class", "text"), help="conditioning (default: the preset's)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--sample-every", type=nonnegative_int,
@@ -59,7 +68,8 @@ def _overrides(args) -> dict:
     return {k: v for k, v in {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
-        "compile": True if args.compile else None, "cond": args.cond}.items() if v is not None}
+        "compile": True if args.compile else None, "cond": args.cond,
+        "cond_lr_scale": args.cond_lr_scale}.items() if v is not None}
 
 
 def _run_dir(args) -> Path:

@@ -194,7 +194,7 @@ def _reverse_condition(loaded: LoadedRun, args) -> tuple[object, int]:
 
 def fig_reverse(args, out: Path, device: torch.device) -> list[Path]:
     """a trained model's reverse process: x_t beside the predicted x_0 (PNG) and the animation (GIF)"""
-    loaded = load_image_run(args.run, device)
+    loaded = load_image_run(args.run, device, text=args.prompt is not None)
     T = loaded.diffusion.T
     steps = args.steps or default_steps(args.sampler, T)
     if steps > T:

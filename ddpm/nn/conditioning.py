@@ -224,6 +224,8 @@ class TextConditioner(nn.Module):
     the sequence and its mask feed the U-Net's cross-attention.
     """
 
+    TO_EMB_GAIN = 1.0
+
     def __init__(self, tokenizer: Tokenizer, max_len: int, dim: int, layers: int, heads: int, emb_dim: int):
         super().__init__()
         self.tokenizer = tokenizer
@@ -233,9 +235,14 @@ class TextConditioner(nn.Module):
         self.layers = nn.ModuleList(TextEncoderLayer(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.to_emb = nn.Linear(dim, emb_dim)
-        # Small init (as in GPT-2) keeps the residual stream well scaled at the start.
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        # Word vectors as large as the class table's rows (nn.Embedding's N(0, 1)): Adam moves a weight by about
+        # lr per step whatever its scale, so GPT-2's std 0.02 would let a few steps rewrite every word. to_emb
+        # maps the pooled vector (unit scale after the LayerNorm) to about unit scale per dimension: larger
+        # codes drown the time embedding (norm ~3) and the high-t predictions suffer (docs/results.md).
+        nn.init.normal_(self.token_embedding.weight, std=1.0)
         nn.init.normal_(self.position_embedding, std=0.02)
+        nn.init.normal_(self.to_emb.weight, std=self.TO_EMB_GAIN / math.sqrt(dim))
+        nn.init.zeros_(self.to_emb.bias)
 
     def null_ids(self, batch_size: int, device: torch.device) -> Tensor:
         """[B, max_len] ids of the null prompt: <null> <pad> <pad> ..."""
