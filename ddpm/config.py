@@ -23,6 +23,7 @@ from ddpm.schedules import SCHEDULES
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "toy2d"]
 Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
+TrainPrecision = Literal["fp32", "bf16", "auto"]
 
 __all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset", "resume_changes",
            "RESUMABLE_CHANGES", "with_conditioning"]
@@ -79,11 +80,14 @@ class TrainConfig:
     sample_steps: int = 50  # DDIM steps for the grids written during training
     guidance: float = 2.0  # guidance scale for those grids (conditional models)
     compile: bool = False  # torch.compile the model
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # bf16 autocast for the forward pass (mixed precision: weights, gradients and Adam stay fp32): "auto" where
+    # the device has bf16 units (CUDA Ampere or newer, CPUs with AVX512-BF16 or AMX), "bf16" always, "fp32" never
+    precision: TrainPrecision = "auto"
 
     def __post_init__(self) -> None:
         check_mode(self.optimizer, get_args(Optimizer), "optimizer")
         check_mode(self.lr_schedule, get_args(LRSchedule), "lr_schedule")
+        check_mode(self.precision, get_args(TrainPrecision), "precision")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps}, {self.batch_size}, "
                              f"{self.lr}")
@@ -133,7 +137,7 @@ class Config:
             data=_build(DataConfig, d["data"]),
             model=model_cls.from_dict(model),
             diffusion=_build(DiffusionConfig, d["diffusion"]),
-            train=_build(TrainConfig, d["train"]),
+            train=_build(TrainConfig, _migrate_train(d["train"])),
         )
 
     def replace(self, **overrides: Any) -> Config:
@@ -162,7 +166,7 @@ class Config:
 # Settings that --resume may change: they do not alter the path of the optimization that is already done
 # (steps stretches a cosine schedule from here on; the rest is bookkeeping). Any other change is refused.
 RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "sample_every", "sample_steps", "guidance", "compile",
-                     "amp")
+                     "precision")
 
 
 def resume_changes(saved: Config, requested: Config) -> list[str]:
@@ -179,6 +183,14 @@ def resume_changes(saved: Config, requested: Config) -> list[str]:
         raise ValueError(f"--resume cannot change {shown}: the resumed run would not continue the same "
                          f"training; resume without these flags, or start a new --name")
     return [f"{k}: {a} -> {b}" for k, (a, b) in changed.items()]
+
+
+def _migrate_train(d: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before ``precision`` had ``amp`` (True: bf16 autocast on CUDA): True -> "auto", False -> "fp32"."""
+    d = dict(d)
+    if "amp" in d and "precision" not in d:
+        d["precision"] = "auto" if d.pop("amp") else "fp32"
+    return d
 
 
 def _build(cls, d: dict[str, Any]):

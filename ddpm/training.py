@@ -45,7 +45,7 @@ from ddpm.datasets import BatchLoader, Labels, caption_vocabulary, captions_for,
 from ddpm.optim import EMA, lr_factor, steps_for_budget
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
-from ddpm.samplers import ddim_sample
+from ddpm.samplers import bf16_is_fast, ddim_sample
 from ddpm.viz import class_grid, plot_loss_curve, plot_points, save_grid
 
 __all__ = ["Trainer", "TrainingError", "EMA", "DistInfo", "select_device", "setup_distributed",
@@ -107,7 +107,7 @@ class Trainer:
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, tc.warmup, self.config.train.steps, tc.lr_schedule))
+            self.optimizer, lambda s: lr_factor(s, self.config.train.warmup, self.config.train.steps, tc.lr_schedule))
         self.caption_gen = torch.Generator().manual_seed(tc.seed + 7919 * (dist.rank + 1))
         self.step, self.saved_step, self.stop_requested, self.budget = 0, None, False, None
         self.log = RunLog(self.run_dir, self.diffusion.T) if dist.is_main else None
@@ -178,7 +178,7 @@ class Trainer:
         x0 = x0.to(self.device, non_blocking=True)
         if t is None:
             t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
-        use_amp = tc.amp and self.device.type == "cuda"
+        use_amp = tc.precision == "bf16" or (tc.precision == "auto" and bf16_is_fast(self.device.type))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             losses = self.diffusion.training_loss(self.net, x0, cond, t=t, noise=noise, reduction="none",
                                                   min_snr_gamma=self.config.diffusion.min_snr_gamma)
@@ -199,7 +199,7 @@ class Trainer:
                 if self.saved_step is not None else "no checkpoint of this run was saved yet")
         fix = f"try a lower --lr (now {self.config.train.lr})"
         if use_amp:
-            fix += " or turn off bf16 autocast (amp=False in the config)"
+            fix += " or train in fp32 (--precision fp32)"
         return f"the loss became {value} at step {self.step + 1}; stopped without saving: {kept}. To fix it, {fix}"
 
     # ------------------------------------------------------------------ checkpoints
@@ -354,8 +354,10 @@ class Trainer:
             count = torch.tensor([total], device=self.device)
             torch.distributed.broadcast(count, src=0)
             total = int(count.item())
-        self.config = self.config.replace(steps=total)
-        self.budget = {"minutes": minutes, "s_per_step": round(per_step, 4), "steps": total}
+        # a short budget must not end inside the warmup (the lr would never decay): at most a fifth of the run
+        warmup = min(tc.warmup, max(total // 5, self.step))
+        self.config = self.config.replace(steps=total, warmup=warmup)
+        self.budget = {"minutes": minutes, "s_per_step": round(per_step, 4), "steps": total, "warmup": warmup}
         if self.dist.is_main:
             write_text_atomic(self.run_dir / CONFIG_NAME, config_json(self.config))
         return total

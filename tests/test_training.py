@@ -300,10 +300,27 @@ def test_a_time_budget_fixes_and_records_the_step_count(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "time", FakeTime)
     monkeypatch.setattr(Trainer, "train_step", slow_step)
-    config = get_preset("tiny", steps=1000, ckpt_every=0, sample_steps=5)
-    summary = Trainer(config, tmp_path / "run", device="cpu", progress=False).fit(minutes=0.25, final_samples=False)
+    config = get_preset("tiny", steps=1000, ckpt_every=0, sample_steps=5, warmup=100, lr_schedule="cosine")
+    trainer = Trainer(config, tmp_path / "run", device="cpu", progress=False)
+    summary = trainer.fit(minutes=0.25, final_samples=False)
     expected = 10 + int((15.0 - 5.0 - 0.5 * 2 * 5 * 80 / (3 * 16)) / 0.5)  # 15 s, 10 steps gone, grid time
-    assert summary["budget"] == {"minutes": 0.25, "s_per_step": 0.5, "steps": expected}
+    warmup = max(expected // 5, 10)  # a fifth of the run, but not shorter than what has already run
+    assert summary["budget"] == {"minutes": 0.25, "s_per_step": 0.5, "steps": expected, "warmup": warmup}
     assert summary["step"] == expected
     assert load_checkpoint(tmp_path / "run")["config"]["train"]["steps"] == expected
     assert f'"steps": {expected}' in (tmp_path / "run" / "config.json").read_text()
+    # a warmup of 100 steps would outlast this run: it is cut, and the cosine decay reaches 0 at the end
+    assert load_checkpoint(tmp_path / "run")["config"]["train"]["warmup"] == warmup
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_configs_saved_with_amp_load_with_a_precision():
+    """Runs saved before TrainConfig.precision had amp (bf16 autocast on CUDA): True -> "auto", False -> "fp32";
+    unknown precisions are refused."""
+    d = _tiny().to_dict()
+    del d["train"]["precision"]
+    for amp, precision in ((True, "auto"), (False, "fp32")):
+        assert Config.from_dict({**d, "train": {**d["train"], "amp": amp}}).train.precision == precision
+    with pytest.raises(ValueError, match="precision"):
+        get_preset("tiny", precision="fp16")
+

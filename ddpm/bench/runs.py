@@ -32,7 +32,7 @@ from ddpm.checkpoints import build_diffusion, build_model
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.config import Config, get_preset
 from ddpm.datasets import ImageDataset, dataset_label_names
-from ddpm.samplers import ancestral_sample, ddim_sample, sample
+from ddpm.samplers import ancestral_sample, bf16_is_fast, ddim_sample, sample
 from ddpm.training import Trainer
 
 __all__ = ["bench_training", "bench_sampling", "fast_sampling", "run_bench", "GOALS", "FAST_SAMPLING"]
@@ -83,9 +83,9 @@ def _batches(loader, k: int) -> list:
 def bench_training(config: Config, device: torch.device, *, steps: int = 10, warmup: int = 2,
                    bf16: bool = False) -> dict[str, Any]:
     """Seconds per ``Trainer.train_step`` (forward, backward, clip, optimizer, EMA) at the config's batch
-    size, on synthetic data (images) or the preset's toy points. bf16: autocast on CUDA (the amp option)."""
+    size, on synthetic data (images) or the preset's toy points. bf16: bf16 autocast (TrainConfig.precision)."""
     bs = config.train.batch_size
-    config = config.replace(amp=bf16, compile=False)
+    config = config.replace(precision="bf16" if bf16 else "fp32", compile=False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, Path(tmp) / "run", device=device, progress=False,
                           dataset=_synthetic_dataset(config, max(2 * bs, 256)))
@@ -217,7 +217,7 @@ def run_bench(preset: str = "mnist", *, batch_size: int | None = None, sample_ba
     x0 = torch.randn(s["batch_size"], *config.sample_shape, device=device)
     result["model"] = _model_flops(model, diffusion, sample_batch, sample_cond, x0, train_cond)
     result["results"] = {}
-    for name in ["fp32"] + (["bf16"] if device.type == "cuda" else []):
+    for name in ["fp32"] + (["bf16"] if bf16_is_fast(device.type) else []):
         r = _precision(model, diffusion, config, s, sample_cond, device, name == "bf16", say)
         _utilization(r["train"], result["model"]["train_flops_per_image"], result["peak"][name],
                      result["matmul"][name]["flops"])
@@ -277,9 +277,10 @@ def _peak_flops(device: torch.device, quick: bool) -> dict[str, Any]:
     the classic yardstick, the convolution a second witness: see conv_flops), the denominator of the MFU."""
     sizes, seconds = ((512, 1024), 0.4) if quick else ((1024, 2048), 2.0)
     matmul = {"fp32": matmul_flops(device, torch.float32, sizes, seconds)}
-    if device.type == "cuda":
-        matmul["bf16"] = matmul_flops(device, torch.bfloat16, (4096, 8192), seconds)
     conv = {"fp32": conv_flops(device, torch.float32, seconds=seconds / 2)}
+    if bf16_is_fast(device.type):  # the bf16 units' own peak: the denominator of the bf16 MFU
+        matmul["bf16"] = matmul_flops(device, torch.bfloat16, (4096, 8192) if device.type == "cuda" else sizes, seconds)
+        conv["bf16"] = conv_flops(device, torch.bfloat16, seconds=seconds / 2)
     peak = {name: max(mm["flops"], conv.get(name, {}).get("flops", 0.0)) for name, mm in matmul.items()}
     return {"matmul": matmul, "conv": conv, "peak": peak}
 

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=_positive_float, help="peak learning rate")
     p.add_argument("--cond-lr-scale", type=_fraction,
                    help="the text encoder's learning rate as a multiple of --lr (0 freezes it; default: the preset's)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+                   help="bf16 autocast with fp32 weights: auto (default: where the device has bf16 units), bf16, fp32")
     p.add_argument("--cond", choices=("none", "class", "text"), help="conditioning (default: the preset's)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--sample-every", type=nonnegative_int,
@@ -69,7 +71,7 @@ def _overrides(args) -> dict:
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
         "compile": True if args.compile else None, "cond": args.cond,
-        "cond_lr_scale": args.cond_lr_scale}.items() if v is not None}
+        "cond_lr_scale": args.cond_lr_scale, "precision": args.precision}.items() if v is not None}
 
 
 def _run_dir(args) -> Path:
@@ -128,7 +130,7 @@ def run(args) -> int:
         if summary["budget"]:
             b = summary["budget"]
             print(f"time budget {b['minutes']:g} min: {b['s_per_step']:.3f} s/step measured, so {b['steps']} steps "
-                  f"in all (stored in the config, so --resume keeps it)")
+                  f"in all, warmup {b['warmup']} (stored in the config, so --resume keeps them)")
         print(f"checkpoint: {summary['checkpoint']}")
         if "samples" in summary:
             print(f"samples: {summary['samples']}")
