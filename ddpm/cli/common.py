@@ -21,7 +21,8 @@ from ddpm.runtime import DEVICE_HELP, select_device
 from ddpm.samplers import PRECISIONS, SAMPLERS, SPACINGS, THRESHOLDS, default_steps
 
 __all__ = ["UsageError", "DEFAULT_RUN", "PRETRAINED", "DEFAULT_TEXT_RUN", "PRETRAINED_TEXT", "positive_int",
-           "nonnegative_int", "finite_float", "nonnegative_float", "add_run_flag", "add_sampler_flags", "sampler_options", "add_device_flags",
+           "nonnegative_int", "finite_float", "nonnegative_float", "add_run_flag", "add_sampler_flags",
+           "sampler_options", "add_device_flags",
            "setup_device", "resolve_run", "load_image_run", "resolve_condition", "class_index", "check_output",
            "MAX_ECHO", "vocabulary_text"]
 
