@@ -119,3 +119,35 @@ def test_export_makes_a_small_loadable_model(tmp_path, runs, capsys):
     assert loaded.step == full.step and loaded.cond == "class" and loaded.label_names == full.label_names
     assert out.stat().st_size < (runs / "cls" / "checkpoint.pt").stat().st_size / 3
     assert "no 'model' weights" in _error(capsys, ["sample", "--run", str(out), "--no-ema"])
+
+
+def test_a_prompt_without_run_uses_the_shipped_text_model(tmp_path, monkeypatch, capsys):
+    """`python -m ddpm sample --prompt ...` works at once: runs/mnist-text if trained, else the shipped model."""
+    import ddpm.cli.common as common
+
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    assert common.PRETRAINED_TEXT.exists(), "data/pretrained/mnist-text.pt ships with the repository"
+    assert common.resolve_run(None, text=True) == common.PRETRAINED_TEXT
+    out = tmp_path / "thick7.png"
+    assert main(["sample", "--prompt", "a thick slanted seven", "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    assert main(["sample", "--vocabulary"]) == 0
+    assert "thick" in capsys.readouterr().out.split()
+    monkeypatch.setattr(common, "PRETRAINED_TEXT", tmp_path / "missing.pt")
+    err = _error(capsys, ["sample", "--prompt", "a thick seven"])
+    assert "train first: python -m ddpm train --preset mnist-text" in err
+
+
+@pytest.mark.parametrize(("load", "threads", "warned"), [(2.6, None, True), (1.6, None, False), (2.6, 1, False)])
+def test_train_warns_on_a_busy_machine(monkeypatch, capsys, load, threads, warned):
+    """The thread rule: a 1-minute load above the core count at start -> a note suggesting --threads 1 (not
+    when --threads is given)."""
+    import argparse
+
+    from ddpm.cli import train as train_cmd
+
+    monkeypatch.setattr(train_cmd.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train_cmd.os, "getloadavg", lambda: (load, load, load))
+    train_cmd._check_load(argparse.Namespace(threads=threads))
+    out = capsys.readouterr().out
+    assert ("--threads 1 is often faster" in out) == warned

@@ -140,6 +140,23 @@ def test_text_conditioner_shapes_and_padding_invariance():
         tc.to_ids(["one prompt"], 2, torch.device("cpu"))
 
 
+def test_text_codes_start_at_the_scale_of_a_class_embedding():
+    """At init the pooled code of a prompt has about unit scale per dimension, and prompts that differ in the
+    digit are about as far apart as a class table's rows are from a shared mean: word vectors N(0, 1) (Adam's
+    steps of ~lr leave them recognisable), to_emb of unit gain (larger codes drown the time embedding; see
+    docs/results.md, "Why the text path learned slowly")."""
+    torch.manual_seed(0)
+    tc = TextConditioner(Tokenizer(MNIST_CAPTION_VOCAB), max_len=14, dim=64, layers=2, heads=4, emb_dim=128)
+    assert 0.9 < tc.token_embedding.weight.std().item() < 1.1
+    prompts = [mnist_captions(k)[0] for k in range(10)]  # "a handwritten zero", ...
+    with torch.no_grad():
+        pooled = tc(tc.to_ids(prompts, 10, torch.device("cpu")))[0]
+    per_dim = pooled.std(dim=1).mean().item()
+    spread = (pooled - pooled.mean(0)).norm(dim=1).mean().item() / math.sqrt(128)  # per dimension
+    assert 0.3 < per_dim < 1.2, per_dim  # gain 3 gave 1.7 here, and grey, noisy samples
+    assert 0.15 < spread < 0.7, spread
+
+
 def test_attention_mask_equals_dropping_keys():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 5, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 6)

@@ -96,10 +96,12 @@ def train_config(args, run_dir: Path) -> Config:
 
 
 def _check_load(args) -> None:
-    """Warn when other processes already keep the cores busy: torch's threads then slow down 2-4x."""
+    """Warn when other processes already keep every core busy (1-minute load average above the core count):
+    torch's threads then slow down 2-4x. A warning, not a silent switch to one thread: the 1-minute average
+    also counts work that has just ended (README: "What to expect" has the measurements)."""
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if args.threads is None and cores > 1 and load > cores - 0.5:
+    if args.threads is None and cores > 1 and load > cores:
         print(f"note: this machine is busy (load {load:.1f} on {cores} cores); --threads 1 is often faster then",
               flush=True)
 
