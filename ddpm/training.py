@@ -330,8 +330,9 @@ class Trainer:
 
         minutes: a time budget. The first steps are timed (BUDGET_WARMUP untimed, then BUDGET_TIMED), and
         config.train.steps is fixed so that the run, its final sample grid included, ends after about that
-        wall time on this machine; the count is stored in the config (config.json, checkpoints), so the
-        learning-rate schedule and --resume use it. ``self.budget`` records what was measured and chosen.
+        wall time on this machine (planned again, from the pace since, when the warmup ends: _plan_budget);
+        the count is stored in the config (config.json, checkpoints), so the learning-rate schedule and
+        --resume use it. ``self.budget`` records what was measured and chosen.
         """
         if minutes is not None and not minutes > 0:
             raise ValueError(f"minutes must be positive, got {minutes}")
@@ -341,23 +342,33 @@ class Trainer:
             self.close()
 
     def _plan_budget(self, minutes: float, start: float, first: int, marks: dict[str, float]) -> int | None:
-        """After the timed steps, the total step count that fits the budget (None while still timing)."""
-        done = self.step - first
+        """The total step count that fits the budget, planned twice: after the timed steps (which fixes the
+        warmup), and again when the warmup ends, from the pace since the first plan (the first steps may have
+        shared the machine with whatever ran just before). The lr during the warmup does not depend on the
+        total, so the second plan changes no step already taken. None while there is nothing to (re)plan."""
+        done, now, tc = self.step - first, time.perf_counter(), self.config.train
         if done == BUDGET_WARMUP:
-            marks["timed_from"] = time.perf_counter()
+            marks["timed_from"] = now
         if done < BUDGET_WARMUP + BUDGET_TIMED:
             return None
-        now, tc = time.perf_counter(), self.config.train
-        per_step = (now - marks["timed_from"]) / BUDGET_TIMED
+        if "planned_at" not in marks:
+            per_step = (now - marks["timed_from"]) / BUDGET_TIMED
+        elif self.step == tc.warmup and done - marks["planned_at"] >= BUDGET_TIMED:
+            per_step = (now - marks["planned_time"]) / (done - marks["planned_at"])
+        else:
+            return None
         total = steps_for_budget(minutes * 60 - (now - start), per_step, self.step, tc.sample_steps, tc.batch_size)
         if self.dist.enabled:  # every rank takes rank 0's count
             count = torch.tensor([total], device=self.device)
             torch.distributed.broadcast(count, src=0)
             total = int(count.item())
+        first_plan = "planned_at" not in marks
         # a short budget must not end inside the warmup (the lr would never decay): at most a fifth of the run
-        warmup = min(tc.warmup, max(total // 5, self.step))
+        warmup = min(tc.warmup, max(total // 5, self.step)) if first_plan else tc.warmup
+        marks.update(planned_at=done, planned_time=now)
         self.config = self.config.replace(steps=total, warmup=warmup)
-        self.budget = {"minutes": minutes, "s_per_step": round(per_step, 4), "steps": total, "warmup": warmup}
+        self.budget = {"minutes": minutes, "s_per_step": round(per_step, 4), "steps": total, "warmup": warmup,
+                       "plans": (self.budget or {}).get("plans", 0) + 1}
         if self.dist.is_main:
             write_text_atomic(self.run_dir / CONFIG_NAME, config_json(self.config))
         return total
@@ -377,7 +388,7 @@ class Trainer:
             with stop_on_sigint(self._request_stop):
                 while self.step < stop and not self._should_stop():
                     self._run_step(batches, log, bar)
-                    planned = self._plan_budget(minutes, start, first, marks) if minutes and not self.budget else None
+                    planned = self._plan_budget(minutes, start, first, marks) if minutes else None
                     if planned is not None:
                         stop = planned if until is None else min(planned, until)
                         if bar is not None:

@@ -305,7 +305,8 @@ def test_a_time_budget_fixes_and_records_the_step_count(tmp_path, monkeypatch):
     summary = trainer.fit(minutes=0.25, final_samples=False)
     expected = 10 + int((15.0 - 5.0 - 0.5 * 2 * 5 * 80 / (3 * 16)) / 0.5)  # 15 s, 10 steps gone, grid time
     warmup = max(expected // 5, 10)  # a fifth of the run, but not shorter than what has already run
-    assert summary["budget"] == {"minutes": 0.25, "s_per_step": 0.5, "steps": expected, "warmup": warmup}
+    assert summary["budget"] == {"minutes": 0.25, "s_per_step": 0.5, "steps": expected, "warmup": warmup,
+                                 "plans": 1}  # the warmup ended at the first plan: nothing to plan again
     assert summary["step"] == expected
     assert load_checkpoint(tmp_path / "run")["config"]["train"]["steps"] == expected
     assert f'"steps": {expected}' in (tmp_path / "run" / "config.json").read_text()
@@ -324,3 +325,36 @@ def test_configs_saved_with_amp_load_with_a_precision():
     with pytest.raises(ValueError, match="precision"):
         get_preset("tiny", precision="fp16")
 
+
+
+def test_a_time_budget_is_planned_again_when_the_warmup_ends(tmp_path, monkeypatch):
+    """The first plan (after 10 steps) fixes the warmup; when it ends the total is planned again from the pace
+    since the first plan. Fake clock: 0.5 s per step for the first 10 steps, then 1.0 s (the machine got
+    busier); the run still ends within its minute, final grid included."""
+    import ddpm.training as training
+
+    clock = {"now": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock["now"]
+
+    real_step = Trainer.train_step
+
+    def step_then_tick(self, *args, **kwargs):
+        clock["now"] += 0.5 if self.step < 10 else 1.0
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(training, "time", FakeTime)
+    monkeypatch.setattr(Trainer, "train_step", step_then_tick)
+    config = get_preset("tiny", steps=1000, ckpt_every=0, sample_steps=5, warmup=100, lr_schedule="cosine")
+    summary = Trainer(config, tmp_path / "run", device="cpu", progress=False).fit(minutes=1.0, final_samples=False)
+    grid = 2 * 5 * 80 / (3 * 16)  # the final grid, in training steps
+    first = 10 + int((60 - 5 - 0.5 * grid) / 0.5)  # 103 steps at the first plan's 0.5 s/step
+    warmup = first // 5  # 20
+    second = warmup + int((60 - 5 - 10 * 1.0 - 1.0 * grid) / 1.0)  # at step 20, from 1.0 s/step
+    assert summary["budget"] == {"minutes": 1.0, "s_per_step": 1.0, "steps": second, "warmup": warmup, "plans": 2}
+    assert summary["step"] == second and second < first
+    assert clock["now"] + 1.0 * grid <= 60.0 + 1.0  # ends on time, grid included
+    assert load_checkpoint(tmp_path / "run")["config"]["train"]["steps"] == second
