@@ -1,6 +1,7 @@
 """The README stays true: its Python example runs, and its commands name real presets and flags."""
 
 import re
+import shlex
 from pathlib import Path
 
 from ddpm.cli import build_parser
@@ -26,6 +27,6 @@ def test_every_preset_in_the_table_exists():
 def test_the_commands_parse():
     parser = build_parser()
     for line in re.findall(r"^(python -m ddpm [^#\n]*)", README, flags=re.M):
-        argv = line.split()[3:]
+        argv = shlex.split(line)[3:]  # as a shell splits it: quoted prompts are one argument
         argv = [a for a in argv if a != "\\"]
         parser.parse_args(argv)  # exits with status 2 on an unknown flag or choice
