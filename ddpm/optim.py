@@ -1,4 +1,5 @@
-"""The optimization helpers of training: the learning-rate schedule and the EMA of the weights."""
+"""The optimization helpers of training: parameter groups, the learning-rate schedule, the EMA of the weights
+and the time budget."""
 
 from __future__ import annotations
 
@@ -8,7 +9,22 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["lr_factor", "EMA", "steps_for_budget"]
+__all__ = ["param_groups", "lr_factor", "EMA", "steps_for_budget", "TimeBudget", "BUDGET_WARMUP", "BUDGET_TIMED"]
+
+BUDGET_WARMUP, BUDGET_TIMED = 2, 8  # steps run before timing (one-time costs), and steps timed, for a time budget
+
+
+def param_groups(model: nn.Module, lr: float, cond_lr_scale: float) -> list[dict]:
+    """The optimizer's parameter groups: the conditioner (a text encoder: its own learning rate,
+    cond_lr_scale x lr) and the rest. Adam moves every weight by about lr per step whatever its gradient,
+    so a text encoder trained at the U-Net's lr rewrites its codes within tens of steps and the U-Net
+    chases a moving target (docs/results.md, "Why the text path learned slowly")."""
+    named = list(model.named_parameters())
+    cond = [p for n, p in named if n.startswith("conditioner.")]
+    if cond_lr_scale == 1.0 or not cond:
+        return [{"params": [p for _, p in named]}]  # one group (as checkpoints before cond_lr_scale have)
+    rest = [p for n, p in named if not n.startswith("conditioner.")]
+    return [{"params": rest, "lr": lr}, {"params": cond, "lr": lr * cond_lr_scale}]
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -50,3 +66,32 @@ def steps_for_budget(seconds_left: float, s_per_step: float, step: int, sample_s
     image's forward + backward, so about 2 * sample_steps * 80 / (3 * batch_size) training steps' time."""
     grid = s_per_step * 2 * sample_steps * 80 / (3 * batch_size)
     return max(step + int((seconds_left - grid) / s_per_step), step, 1)
+
+
+class TimeBudget:
+    """The total step count of a run that should end after ``minutes`` of wall time, planned twice: after
+    BUDGET_WARMUP untimed and BUDGET_TIMED timed steps, and again when the learning-rate warmup ends, from
+    the pace since the first plan (the first steps may have shared the machine with whatever ran just
+    before). The lr during the warmup does not depend on the total, so the second plan changes no step taken."""
+
+    def __init__(self, minutes: float, first_step: int, start_time: float, sample_steps: int, batch_size: int):
+        self.minutes, self.first, self.start = minutes, first_step, start_time
+        self.sample_steps, self.batch_size = sample_steps, batch_size
+        self.plans, self.timed_from, self.planned_at, self.planned_time = 0, 0.0, 0, 0.0
+
+    def plan(self, step: int, now: float, warmup: int) -> tuple[int, float] | None:
+        """(total steps, measured seconds per step) when a plan is due after ``step``, else None."""
+        done = step - self.first
+        if done == BUDGET_WARMUP:
+            self.timed_from = now
+        if done < BUDGET_WARMUP + BUDGET_TIMED:
+            return None
+        if self.plans == 0:
+            per_step = (now - self.timed_from) / BUDGET_TIMED
+        elif self.plans == 1 and step == warmup and done - self.planned_at >= BUDGET_TIMED:
+            per_step = (now - self.planned_time) / (done - self.planned_at)
+        else:
+            return None
+        self.plans, self.planned_at, self.planned_time = self.plans + 1, done, now
+        seconds_left = self.minutes * 60 - (now - self.start)
+        return steps_for_budget(seconds_left, per_step, step, self.sample_steps, self.batch_size), per_step

@@ -42,7 +42,7 @@ from ddpm.checkpoints import (
 from ddpm.conditions import condition_for_labels
 from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
 from ddpm.datasets import BatchLoader, Labels, caption_vocabulary, captions_for, load_dataset, toy2d, with_attributes
-from ddpm.optim import EMA, lr_factor, steps_for_budget
+from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
 from ddpm.samplers import bf16_is_fast, ddim_sample
@@ -51,7 +51,6 @@ from ddpm.viz import class_grid, plot_loss_curve, plot_points, save_grid
 __all__ = ["Trainer", "TrainingError", "EMA", "DistInfo", "select_device", "setup_distributed",
            "lr_factor", "condition_for_labels", "NUM_T_BUCKETS", "RESUMABLE_CHANGES", "resume_changes"]
 
-BUDGET_WARMUP, BUDGET_TIMED = 2, 8  # steps run before timing (one-time costs), and steps timed, for fit(minutes=)
 
 
 class TrainingError(RuntimeError):
@@ -105,11 +104,13 @@ class Trainer:
         self.diffusion = build_diffusion(self.config, self.device)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.optimizer = opt_cls(param_groups(self.model, tc.lr, tc.cond_lr_scale), lr=tc.lr,
+                                 weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.config.train.warmup, self.config.train.steps, tc.lr_schedule))
         self.caption_gen = torch.Generator().manual_seed(tc.seed + 7919 * (dist.rank + 1))
         self.step, self.saved_step, self.stop_requested, self.budget = 0, None, False, None
+        self.use_amp = tc.precision == "bf16" or (tc.precision == "auto" and bf16_is_fast(self.device.type))
         self.log = RunLog(self.run_dir, self.diffusion.T) if dist.is_main else None
         self.net = self.model
         if dist.enabled:
@@ -122,19 +123,6 @@ class Trainer:
         """Release the run folder's lock (fit does this when it returns)."""
         if self.lock is not None:
             self.lock.release()
-
-    def param_groups(self) -> list[dict]:
-        """The optimizer's parameter groups: the conditioner (a text encoder: its own learning rate,
-        cond_lr_scale x lr) and the rest. Adam moves every weight by about lr per step whatever its gradient,
-        so a text encoder trained at the U-Net's lr rewrites its codes within tens of steps and the U-Net
-        chases a moving target (docs/results.md, "Why the text path learned slowly")."""
-        tc = self.config.train
-        named = list(self.model.named_parameters())
-        cond = [p for n, p in named if n.startswith("conditioner.")]
-        if tc.cond_lr_scale == 1.0 or not cond:
-            return [{"params": [p for _, p in named]}]  # one group (as checkpoints before cond_lr_scale have)
-        rest = [p for n, p in named if not n.startswith("conditioner.")]
-        return [{"params": rest, "lr": tc.lr}, {"params": cond, "lr": tc.lr * tc.cond_lr_scale}]
 
     # ------------------------------------------------------------------ data and conditioning
     def _make_loader(self, dataset) -> BatchLoader:
@@ -178,13 +166,12 @@ class Trainer:
         x0 = x0.to(self.device, non_blocking=True)
         if t is None:
             t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
-        use_amp = tc.precision == "bf16" or (tc.precision == "auto" and bf16_is_fast(self.device.type))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             losses = self.diffusion.training_loss(self.net, x0, cond, t=t, noise=noise, reduction="none",
                                                   min_snr_gamma=self.config.diffusion.min_snr_gamma)
         loss = losses.mean()
         if not torch.isfinite(loss):
-            raise TrainingError(self._nan_message(loss.item(), use_amp))
+            raise TrainingError(self._nan_message(loss.item(), self.use_amp))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -328,9 +315,9 @@ class Trainer:
         80 images, which dominates very short runs). Returns a summary dict (steps, wall time, steps/s,
         final loss, interrupted, paths).
 
-        minutes: a time budget. The first steps are timed (BUDGET_WARMUP untimed, then BUDGET_TIMED), and
-        config.train.steps is fixed so that the run, its final sample grid included, ends after about that
-        wall time on this machine (planned again, from the pace since, when the warmup ends: _plan_budget);
+        minutes: a time budget. The first steps are timed, and config.train.steps is fixed so that the run,
+        its final sample grid included, ends after about that wall time on this machine (planned again, from
+        the pace since, when the warmup ends: ddpm.optim.TimeBudget);
         the count is stored in the config (config.json, checkpoints), so the learning-rate schedule and
         --resume use it. ``self.budget`` records what was measured and chosen.
         """
@@ -341,34 +328,22 @@ class Trainer:
         finally:
             self.close()
 
-    def _plan_budget(self, minutes: float, start: float, first: int, marks: dict[str, float]) -> int | None:
-        """The total step count that fits the budget, planned twice: after the timed steps (which fixes the
-        warmup), and again when the warmup ends, from the pace since the first plan (the first steps may have
-        shared the machine with whatever ran just before). The lr during the warmup does not depend on the
-        total, so the second plan changes no step already taken. None while there is nothing to (re)plan."""
-        done, now, tc = self.step - first, time.perf_counter(), self.config.train
-        if done == BUDGET_WARMUP:
-            marks["timed_from"] = now
-        if done < BUDGET_WARMUP + BUDGET_TIMED:
+    def _plan_budget(self, budget: TimeBudget) -> int | None:
+        """The new total step count when the budget plans one after this step (see TimeBudget), else None.
+        The first plan also caps the warmup at a fifth of a short run (else the lr would never decay)."""
+        tc = self.config.train
+        plan = budget.plan(self.step, time.perf_counter(), tc.warmup)
+        if plan is None:
             return None
-        if "planned_at" not in marks:
-            per_step = (now - marks["timed_from"]) / BUDGET_TIMED
-        elif self.step == tc.warmup and done - marks["planned_at"] >= BUDGET_TIMED:
-            per_step = (now - marks["planned_time"]) / (done - marks["planned_at"])
-        else:
-            return None
-        total = steps_for_budget(minutes * 60 - (now - start), per_step, self.step, tc.sample_steps, tc.batch_size)
+        total, per_step = plan
         if self.dist.enabled:  # every rank takes rank 0's count
             count = torch.tensor([total], device=self.device)
             torch.distributed.broadcast(count, src=0)
             total = int(count.item())
-        first_plan = "planned_at" not in marks
-        # a short budget must not end inside the warmup (the lr would never decay): at most a fifth of the run
-        warmup = min(tc.warmup, max(total // 5, self.step)) if first_plan else tc.warmup
-        marks.update(planned_at=done, planned_time=now)
+        warmup = min(tc.warmup, max(total // 5, self.step)) if budget.plans == 1 else tc.warmup
         self.config = self.config.replace(steps=total, warmup=warmup)
-        self.budget = {"minutes": minutes, "s_per_step": round(per_step, 4), "steps": total, "warmup": warmup,
-                       "plans": (self.budget or {}).get("plans", 0) + 1}
+        self.budget = {"minutes": budget.minutes, "s_per_step": round(per_step, 4), "steps": total,
+                       "warmup": warmup, "plans": budget.plans}
         if self.dist.is_main:
             write_text_atomic(self.run_dir / CONFIG_NAME, config_json(self.config))
         return total
@@ -383,12 +358,14 @@ class Trainer:
         bar = tqdm(total=stop, initial=self.step, desc=f"train {self.config.preset}", unit="step",
                    dynamic_ncols=True) if self.progress else None
         batches, first, start, interrupted = self.loader.forever(), self.step, time.perf_counter(), False
-        self.last_loss, self.stop_requested, marks = float("nan"), False, {}
+        self.last_loss, self.stop_requested = float("nan"), False
+        tc = self.config.train
+        budget = TimeBudget(minutes, first, start, tc.sample_steps, tc.batch_size) if minutes else None
         try:
             with stop_on_sigint(self._request_stop):
                 while self.step < stop and not self._should_stop():
                     self._run_step(batches, log, bar)
-                    planned = self._plan_budget(minutes, start, first, marks) if minutes else None
+                    planned = self._plan_budget(budget) if budget else None
                     if planned is not None:
                         stop = planned if until is None else min(planned, until)
                         if bar is not None:

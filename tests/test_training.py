@@ -282,9 +282,8 @@ def test_steps_for_budget():
     assert steps_for_budget(1.0, 0.5, 10, sample_steps=50, batch_size=128) == 10  # no time left: stop here
 
 
-def test_a_time_budget_fixes_and_records_the_step_count(tmp_path, monkeypatch):
-    """fit(minutes=): after the timed steps the total is fixed from the measured pace and stored in the config,
-    the checkpoint and config.json, so that --resume keeps it. A fake clock makes every step take 0.5 s."""
+def _fake_clock(monkeypatch, seconds_for_step) -> dict[str, float]:
+    """training's clock, advanced only by training steps: step k (from 0) takes seconds_for_step(k)."""
     import ddpm.training as training
 
     clock = {"now": 0.0}
@@ -296,12 +295,19 @@ def test_a_time_budget_fixes_and_records_the_step_count(tmp_path, monkeypatch):
 
     real_step = Trainer.train_step
 
-    def slow_step(self, *args, **kwargs):
-        clock["now"] += 0.5
+    def timed_step(self, *args, **kwargs):
+        clock["now"] += seconds_for_step(self.step)
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(training, "time", FakeTime)
-    monkeypatch.setattr(Trainer, "train_step", slow_step)
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    return clock
+
+
+def test_a_time_budget_fixes_and_records_the_step_count(tmp_path, monkeypatch):
+    """fit(minutes=): after the timed steps the total is fixed from the measured pace and stored in the config,
+    the checkpoint and config.json, so that --resume keeps it. A fake clock makes every step take 0.5 s."""
+    _fake_clock(monkeypatch, lambda step: 0.5)
     config = get_preset("tiny", steps=1000, ckpt_every=0, sample_steps=5, warmup=100, lr_schedule="cosine")
     trainer = Trainer(config, tmp_path / "run", device="cpu", progress=False)
     summary = trainer.fit(minutes=0.25, final_samples=False)
@@ -333,23 +339,7 @@ def test_a_time_budget_is_planned_again_when_the_warmup_ends(tmp_path, monkeypat
     """The first plan (after 10 steps) fixes the warmup; when it ends the total is planned again from the pace
     since the first plan. Fake clock: 0.5 s per step for the first 10 steps, then 1.0 s (the machine got
     busier); the run still ends within its minute, final grid included."""
-    import ddpm.training as training
-
-    clock = {"now": 0.0}
-
-    class FakeTime:
-        @staticmethod
-        def perf_counter():
-            return clock["now"]
-
-    real_step = Trainer.train_step
-
-    def step_then_tick(self, *args, **kwargs):
-        clock["now"] += 0.5 if self.step < 10 else 1.0
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(training, "time", FakeTime)
-    monkeypatch.setattr(Trainer, "train_step", step_then_tick)
+    clock = _fake_clock(monkeypatch, lambda step: 0.5 if step < 10 else 1.0)
     config = get_preset("tiny", steps=1000, ckpt_every=0, sample_steps=5, warmup=100, lr_schedule="cosine")
     summary = Trainer(config, tmp_path / "run", device="cpu", progress=False).fit(minutes=1.0, final_samples=False)
     grid = 2 * 5 * 80 / (3 * 16)  # the final grid, in training steps
