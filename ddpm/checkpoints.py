@@ -13,6 +13,7 @@ the EMA weights and the config (a few MB), which is what ``sample`` and ``evalua
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -25,14 +26,16 @@ import torch
 from torch import nn
 
 from ddpm._util import atomic_write
-from ddpm.config import Config
+from ddpm.config import Config, LatentConfig
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.nn.autoencoder import Autoencoder
 from ddpm.nn.mlp import MLP
 from ddpm.nn.unet import UNet
 from ddpm.schedules import make_betas
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "build_model", "build_diffusion", "LoadedRun",
-           "load_run", "export_model", "CHECKPOINT_NAME", "CONFIG_NAME", "checkpoint_path", "config_json"]
+           "load_run", "export_model", "CHECKPOINT_NAME", "CONFIG_NAME", "checkpoint_path", "config_json",
+           "weights_fingerprint", "load_first_stage", "first_stage_path"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
@@ -44,8 +47,9 @@ class CheckpointError(ValueError):
 
 
 def build_model(config: Config) -> nn.Module:
-    """The network a Config describes (U-Net for images, MLP for 2D toys), freshly initialized."""
-    return MLP(config.model) if config.model_kind == "mlp" else UNet(config.model)
+    """The network a Config describes (U-Net for images and latents, MLP for 2D toys, or an autoencoder),
+    freshly initialized."""
+    return {"mlp": MLP, "unet": UNet, "autoencoder": Autoencoder}[config.model_kind](config.model)
 
 
 def build_diffusion(config: Config, device: str | torch.device = "cpu") -> GaussianDiffusion:
@@ -145,24 +149,129 @@ class LoadedRun:
     step: int
     path: Path
     label_names: tuple[str, ...] = field(default=())
+    first_stage: Autoencoder | None = None  # a latent run's autoencoder (eval mode, frozen)
 
     @property
     def cond(self) -> str:
-        return self.config.model.cond
+        return getattr(self.config.model, "cond", "none")
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """One sample of the diffusion model: an image, or for a latent run its latent."""
         return self.config.sample_shape
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """One decoded image (C, H, W): the sample shape, or for a latent run the autoencoder's images."""
+        if self.first_stage is None:
+            return self.shape
+        c = self.first_stage.config
+        return (c.in_channels, c.image_size, c.image_size)
 
-def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> Path:
-    """Write only the EMA weights and config of a run (for shipping a small pretrained model)."""
+    @property
+    def sampler_defaults(self) -> dict[str, Any]:
+        """Sampler options that differ from the samplers' defaults: latents are not in [-1, 1], so their
+        predicted x_0 is not clipped (threshold "none")."""
+        return {"threshold": "none"} if self.first_stage is not None else {}
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples as images in [-1, 1]: a latent run's latents decoded by its autoencoder; else x itself."""
+        if self.first_stage is None:
+            return x
+        return self.first_stage.from_latents(x.to(self.first_stage.latent_scale.device).float()).clamp(-1.0, 1.0)
+
+
+def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = False,
+                 autoencoder: str | os.PathLike | None = None) -> Path:
+    """Write only the EMA weights and config of a run (for shipping a small pretrained model).
+
+    autoencoder: for a latent run, the autoencoder file the exported model should name from now on (e.g. the
+    exported autoencoder beside it); its weights must be the ones the run was trained with (same fingerprint).
+    A file in the same folder as ``out`` is named by its file name alone, so the pair can move together.
+    """
     ckpt = load_checkpoint(run)
+    config = ckpt["config"]
+    if autoencoder is not None:
+        if not config.get("latent"):
+            raise CheckpointError(f"{checkpoint_path(run)} is not a latent diffusion run: it has no autoencoder")
+        latent = LatentConfig(**config["latent"])
+        ae_path = checkpoint_path(autoencoder)
+        load_first_stage(LatentConfig(str(ae_path), latent.fingerprint, latent.cache))
+        same_folder = ae_path.resolve().parent == Path(out).resolve().parent
+        config = {**config, "latent": {**config["latent"], "autoencoder": ae_path.name if same_folder else str(ae_path)}}
     weights = ckpt["ema"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    return save_atomic({"format": FORMAT, "step": ckpt["step"], "config": ckpt["config"], "ema": weights,
+    return save_atomic({"format": FORMAT, "step": ckpt["step"], "config": config, "ema": weights,
                         "label_names": ckpt.get("label_names", [])}, out)
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and values, floats rounded to fp16 first: the same for a run's fp32 EMA
+    weights and their fp16 export, different for any other weights."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        v = state[name].detach().cpu()
+        v = v.half() if v.is_floating_point() else v
+        h.update(name.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def first_stage_path(latent: LatentConfig, relative_to: str | os.PathLike | None = None) -> Path:
+    """The autoencoder a latent config names: the path as given (relative to the current folder), else, for a
+    relative path, beside ``relative_to`` (the latent model's file); one line naming it when it is missing."""
+    path = Path(latent.autoencoder)
+    candidates = [path]
+    if not path.is_absolute() and relative_to is not None:
+        candidates.append(Path(relative_to).parent / path)
+    for c in candidates:
+        if checkpoint_path(c).exists():
+            return checkpoint_path(c)
+    raise CheckpointError(f"the autoencoder {latent.autoencoder} of this latent model is missing (looked for "
+                          f"{' and '.join(str(checkpoint_path(c)) for c in candidates)}); train it with: python -m "
+                          f"ddpm train --preset mnist-autoencoder, or give the latent model's own autoencoder file")
+
+
+def load_first_stage(latent: LatentConfig, relative_to: str | os.PathLike | None = None,
+                     device: str | torch.device = "cpu") -> tuple[Autoencoder, str]:
+    """(the autoencoder of a latent config, eval mode and frozen, the fingerprint of its weights). Refuses an
+    autoencoder whose weights differ from the fingerprint the latent run recorded."""
+    path = first_stage_path(latent, relative_to)
+    ckpt = load_checkpoint(path)
+    config = _read_config(ckpt, path)
+    if config.model_kind != "autoencoder":
+        raise CheckpointError(f"{path} is a {config.model_kind} model, not an autoencoder; a latent run needs the "
+                              f"autoencoder it was trained on")
+    fingerprint = weights_fingerprint(ckpt["ema"])
+    if latent.fingerprint is not None and fingerprint != latent.fingerprint:
+        raise CheckpointError(f"the autoencoder {path} is not the one this latent model was trained on (its weights' "
+                              f"fingerprint {fingerprint[:12]} differs from the recorded {latent.fingerprint[:12]}); "
+                              f"use that autoencoder, or train the latent model again on this one")
+    ae = _load_weights(build_model(config), ckpt["ema"], path)
+    for p in ae.parameters():
+        p.requires_grad_(False)
+    return ae.to(device).eval(), fingerprint
+
+
+def _read_config(ckpt: dict[str, Any], path: Path) -> Config:
+    try:
+        return Config.from_dict(ckpt["config"])
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path} holds a config this version of ddpm cannot read: "
+                              f"{type(e).__name__}: {str(e)[:160]}") from None
+
+
+def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    state = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the network its config describes "
+                              f"({str(e).splitlines()[0][:200]})") from None
+    return model
 
 
 def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True,
@@ -174,23 +283,14 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", use_ema
     """
     path = checkpoint_path(run)
     ckpt = load_checkpoint(path)
-    try:
-        config = Config.from_dict(ckpt["config"])
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise CheckpointError(f"{path} holds a config this version of ddpm cannot read: "
-                              f"{type(e).__name__}: {str(e)[:160]}") from None
+    config = _read_config(ckpt, path)
     if expect_preset is not None and config.preset != expect_preset:
         raise CheckpointError(f"{path} was trained with preset {config.preset!r}, not {expect_preset!r}")
     key = "ema" if use_ema else "model"
     if key not in ckpt:
         raise CheckpointError(f"{path} has no {key!r} weights (exported files hold only the EMA weights)")
-    model = build_model(config)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt[key].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the network its config describes "
-                              f"({str(e).splitlines()[0][:200]})") from None
-    model.to(device).eval()
+    model = _load_weights(build_model(config), ckpt[key], path).to(device).eval()
+    first_stage = load_first_stage(config.latent, path, device)[0] if config.latent is not None else None
     diffusion = build_diffusion(config, device)
-    return LoadedRun(model, diffusion, config, int(ckpt["step"]), path, tuple(ckpt.get("label_names", ())))
+    return LoadedRun(model, diffusion, config, int(ckpt["step"]), path, tuple(ckpt.get("label_names", ())),
+                     first_stage)

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from ddpm._util import check_mode
 from ddpm.datasets import caption_max_words, caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS
+from ddpm.nn.autoencoder import AutoencoderConfig
 from ddpm.nn.mlp import MLPConfig
 from ddpm.nn.unet import UNET_PRESETS, UNetConfig
 from ddpm.schedules import SCHEDULES
@@ -25,7 +26,7 @@ Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "PRESETS", "get_preset", "resume_changes",
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "Config", "PRESETS", "get_preset", "resume_changes",
            "RESUMABLE_CHANGES", "with_conditioning"]
 
 
@@ -98,52 +99,78 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LatentConfig:
+    """The first stage of a latent diffusion run: the trained autoencoder whose scaled latents the DDPM models.
+
+    autoencoder: its run folder or exported .pt (a relative path is looked up from the current folder, then
+    beside the latent model's own file). fingerprint: the SHA-256 of its weights (ddpm.checkpoints.
+    weights_fingerprint), filled in when training starts; loading refuses an autoencoder whose weights differ.
+    cache: encode the training images once (posterior mean and log-variance, kept in memory) and draw
+    z ~ q(z | x) from them each step, instead of running the encoder on every batch.
+    """
+
+    autoencoder: str = "runs/mnist-autoencoder"
+    fingerprint: str | None = None
+    cache: bool = True
+
+
+MODEL_KINDS = {"unet": UNetConfig, "mlp": MLPConfig, "autoencoder": AutoencoderConfig}
+
+
+@dataclass(frozen=True)
 class Config:
-    """Everything that defines a run: data, network, diffusion and training."""
+    """Everything that defines a run: data, network, diffusion and training; for a latent DDPM, the first stage."""
 
     preset: str
     data: DataConfig = field(default_factory=DataConfig)
-    model: UNetConfig | MLPConfig = field(default_factory=UNetConfig)
+    model: UNetConfig | MLPConfig | AutoencoderConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    latent: LatentConfig | None = None
 
     @property
     def model_kind(self) -> str:
-        return "mlp" if isinstance(self.model, MLPConfig) else "unet"
+        return next(k for k, cls in MODEL_KINDS.items() if isinstance(self.model, cls))
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """The shape of one sample: (C, H, W) for images, (dim,) for 2D toys."""
+        """The shape of one sample: (C, H, W) for images (and for latents: what the U-Net is built for),
+        (dim,) for 2D toys."""
         m = self.model
         return (m.dim,) if isinstance(m, MLPConfig) else (m.in_channels, m.image_size, m.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict (what config.json and checkpoints store)."""
-        return {
+        d = {
             "preset": self.preset,
             "data": dataclasses.asdict(self.data),
             "model": {"kind": self.model_kind, **self.model.to_dict()},
             "diffusion": dataclasses.asdict(self.diffusion),
             "train": dataclasses.asdict(self.train),
         }
+        if self.latent is not None:
+            d["latent"] = dataclasses.asdict(self.latent)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
         model = dict(d["model"])
-        kind = model.pop("kind", "unet")
-        model_cls = {"unet": UNetConfig, "mlp": MLPConfig}[check_mode(kind, ("unet", "mlp"), "model kind")]
+        kind = check_mode(model.pop("kind", "unet"), tuple(MODEL_KINDS), "model kind")
         return cls(
             preset=d["preset"],
             data=_build(DataConfig, d["data"]),
-            model=model_cls.from_dict(model),
+            model=MODEL_KINDS[kind].from_dict(model),
             diffusion=_build(DiffusionConfig, d["diffusion"]),
             train=_build(TrainConfig, _migrate_train(d["train"])),
+            latent=_build(LatentConfig, d["latent"]) if d.get("latent") is not None else None,
         )
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with fields replaced; keys may name a section (data=..., model=...) or any field of
         TrainConfig, DataConfig, DiffusionConfig or the model config (e.g. steps=500, cond="text")."""
         sections = {"data": self.data, "model": self.model, "diffusion": self.diffusion, "train": self.train}
+        if self.latent is not None:
+            sections["latent"] = self.latent
         top = {}
         overrides = dict(overrides)
         if "cond" in overrides and isinstance(self.model, UNetConfig):
@@ -160,7 +187,7 @@ class Config:
             name = owners[0]
             sections[name] = dataclasses.replace(sections[name], **{key: value})
         sections.update({k: v for k, v in top.items() if k != "preset"})
-        return Config(preset=top.get("preset", self.preset), **sections)
+        return Config(preset=top.get("preset", self.preset), **{"latent": None, **sections})
 
 
 # Settings that --resume may change: they do not alter the path of the optimization that is already done
@@ -172,7 +199,8 @@ RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "sample_every", "sample
 def resume_changes(saved: Config, requested: Config) -> list[str]:
     """What ``requested`` changes in a run saved with ``saved``, as "name: old -> new" lines. Raises a
     ValueError naming every change that would make the resumed run a different training."""
-    if saved.model != requested.model or saved.diffusion != requested.diffusion or saved.data != requested.data:
+    if (saved.model != requested.model or saved.diffusion != requested.diffusion or saved.data != requested.data
+            or saved.latent != requested.latent):
         raise ValueError(f"this run was trained with preset {saved.preset!r} and a different network, diffusion "
                          f"or data; resume it with the same settings, or start a new --name")
     old, new = saved.to_dict()["train"], requested.to_dict()["train"]
@@ -224,6 +252,12 @@ def _mnist_like(preset: str, dataset: str, cond: str, **train) -> Config:
                   train=TrainConfig(**{**_MNIST_TRAIN, **train}))
 
 
+def _latent(preset: str, cond: str, **train) -> Config:
+    model = with_conditioning(UNET_PRESETS["mnist-latent"], cond, "mnist")
+    return Config(preset=preset, data=DataConfig(dataset="mnist"), model=model,
+                  train=TrainConfig(**{**_MNIST_TRAIN, **train}), latent=LatentConfig())
+
+
 # A short CPU run: high learning rate with a short warmup and cosine decay, a fast-settling EMA, and
 # a step count that fits about 10 minutes on a 2-core laptop CPU (see README: "What to expect").
 _MNIST_TRAIN = dict(steps=900, batch_size=128, lr=2e-3, optimizer="adamw", warmup=100, lr_schedule="cosine",
@@ -251,6 +285,13 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(steps=3000, batch_size=512, lr=2e-3, warmup=50, lr_schedule="cosine",
                           ema_decay=0.99, log_every=100, sample_every=0, ckpt_every=1000, sample_steps=200,
                           guidance=1.0)),
+    # Latent diffusion (docs/results.md, "Latent diffusion"): the autoencoder (f = 4: 1x28x28 <-> 4x7x7), then a
+    # U-Net of one level at 7x7 on its scaled latents, text-conditioned like mnist-text (or by class)
+    "mnist-autoencoder": Config(
+        preset="mnist-autoencoder", data=DataConfig(dataset="mnist"), model=AutoencoderConfig(),
+        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 600, "warmup": 50, "guidance": 1.0})),
+    "mnist-latent": _latent("mnist-latent", "text", steps=3000, cond_lr_scale=0.1),
+    "mnist-latent-class": _latent("mnist-latent-class", "class", steps=1500),
     "tiny": Config(  # for tests: seconds on a CPU
         preset="tiny", data=DataConfig(dataset="mnist"),
         model=with_conditioning(UNET_PRESETS["tiny"], "class", "mnist"),

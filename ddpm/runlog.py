@@ -76,11 +76,15 @@ class RunLog:
         self.start = self.t_last = time.perf_counter()
         self.step_last = step
 
-    def record(self, losses: torch.Tensor, t: torch.Tensor) -> float:
-        """Add one step's per-example losses [B] at timesteps t [B]; returns the step's mean loss."""
-        losses, t = losses.detach().double().cpu(), t.cpu()
+    def record(self, losses: torch.Tensor, t: torch.Tensor | None) -> float:
+        """Add one step's per-example losses [B] at timesteps t [B] (None: a loss without timesteps, such as an
+        autoencoder's, which leaves loss_by_t.csv empty); returns the step's mean loss."""
+        losses = losses.detach().double().cpu()
         mean = float(losses.mean())
         self.loss_sum, self.loss_n = self.loss_sum + mean, self.loss_n + 1
+        if t is None:
+            return mean
+        t = t.cpu()
         bucket = t * self.buckets // self.T
         self.bucket_sum.index_add_(0, bucket, losses)
         self.bucket_n.index_add_(0, bucket, torch.ones_like(losses))

@@ -33,15 +33,27 @@ from ddpm._util import FolderLock, remove_stale_temporaries, stop_on_sigint, wri
 from ddpm.checkpoints import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
+    CheckpointError,
     build_diffusion,
     build_model,
     config_json,
     load_checkpoint,
+    load_first_stage,
     save_atomic,
 )
 from ddpm.conditions import condition_for_labels
 from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
-from ddpm.datasets import BatchLoader, Labels, caption_vocabulary, captions_for, load_dataset, toy2d, with_attributes
+from ddpm.datasets import (
+    BatchLoader,
+    Labels,
+    caption_vocabulary,
+    captions_for,
+    load_dataset,
+    to_float,
+    toy2d,
+    with_attributes,
+)
+from ddpm.nn.autoencoder import encode_moments, measure_latent_scale, sample_posterior
 from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
@@ -99,6 +111,7 @@ class Trainer:
             remove_stale_temporaries(self.run_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOSS_BY_T_NAME))
         torch.manual_seed(tc.seed + dist.rank)
         self.label_names: tuple[str, ...] = ()
+        self.first_stage = self._first_stage() if self.config.latent is not None else None
         self.loader = self._make_loader(dataset)
         self.model = build_model(self.config).to(self.device)
         self.diffusion = build_diffusion(self.config, self.device)
@@ -125,6 +138,20 @@ class Trainer:
             self.lock.release()
 
     # ------------------------------------------------------------------ data and conditioning
+    def _first_stage(self):
+        """A latent run's frozen autoencoder; its weights' fingerprint goes into the config (so every later load
+        can check that it decodes with the same autoencoder)."""
+        try:
+            ae, fingerprint = load_first_stage(self.config.latent, device=self.device)
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from None
+        if ae.config.latent_shape != self.config.sample_shape:
+            raise TrainingError(f"the autoencoder {self.config.latent.autoencoder} makes latents of shape "
+                                f"{ae.config.latent_shape} but the U-Net is built for {self.config.sample_shape}")
+        if self.config.latent.fingerprint is None:
+            self.config = self.config.replace(fingerprint=fingerprint)
+        return ae
+
     def _make_loader(self, dataset) -> BatchLoader:
         dc, tc, d = self.config.data, self.config.train, self.dist
         common = dict(shuffle=True, drop_last=True, seed=tc.seed, rank=d.rank, world_size=d.world_size)
@@ -134,21 +161,24 @@ class Trainer:
         if dataset is None:
             dataset = load_dataset(dc.dataset, split="train", root=dc.root)
             # text runs put the digits' style into words, if their vocabulary has the words (older runs' do not)
-            if m.cond == "text" and set(caption_vocabulary(dc.dataset)) <= set(m.vocab):
+            if getattr(m, "cond", "none") == "text" and set(caption_vocabulary(dc.dataset)) <= set(m.vocab):
                 dataset = with_attributes(dataset, root=dc.root)
-        if self.config.model_kind == "unet" and (dataset.channels, dataset.image_size) != (m.in_channels, m.image_size):
+        image = self.first_stage.config if self.first_stage is not None else m  # what the images must fit
+        if (dataset.channels, dataset.image_size) != (image.in_channels, image.image_size):
             raise ValueError(f"the {dataset.name} images are {dataset.channels}x{dataset.image_size}x"
-                             f"{dataset.image_size} but the model expects {m.in_channels}x{m.image_size}x"
-                             f"{m.image_size}; pick a preset made for this dataset")
-        if m.cond != "none" and dataset.labels is None:
+                             f"{dataset.image_size} but the model expects {image.in_channels}x{image.image_size}x"
+                             f"{image.image_size}; pick a preset made for this dataset")
+        if getattr(m, "cond", "none") != "none" and dataset.labels is None:
             raise ValueError(f"cond={m.cond!r} needs labels but the dataset {dataset.name} has none; use cond='none'")
         self.label_names = tuple(dataset.label_names)
+        if self.first_stage is not None and self.config.latent.cache:  # the encoder runs once, not every step
+            common["encoded"] = encode_moments(self.first_stage, dataset.images)
         return BatchLoader(dataset, self.local_batch, hflip=dc.hflip, **common)
 
     def condition(self, y: torch.Tensor | Labels | None):
         """The network's condition for a training batch: the labels, one random caption per label (saying some
         of the digits' style when the loader gives attributes: y = Labels(labels, attributes)), or None."""
-        cond = self.config.model.cond
+        cond = getattr(self.config.model, "cond", "none")
         labels, attributes = (y.labels, y.attributes) if isinstance(y, Labels) else (y, None)
         if cond == "class":
             return labels.to(self.device)
@@ -160,15 +190,23 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def train_step(self, x0: torch.Tensor, cond=None, t: torch.Tensor | None = None,
                    noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """One optimizer step on a batch; returns (per-example losses [B], t [B], grad norm)."""
+        """One optimizer step on a batch; returns (per-example losses [B], t [B] or None, grad norm).
+
+        x0 is an image batch; for a latent run, images or (cached) posterior moments, turned into scaled latents
+        z ~ q(z | x) first; an autoencoder's loss is its own (reconstruction + KL, no timesteps)."""
         tc = self.config.train
         self.net.train()
         x0 = x0.to(self.device, non_blocking=True)
-        if t is None:
+        if self.first_stage is not None:
+            x0 = self.latents(x0)
+        if t is None and self.config.model_kind != "autoencoder":
             t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            losses = self.diffusion.training_loss(self.net, x0, cond, t=t, noise=noise, reduction="none",
-                                                  min_snr_gamma=self.config.diffusion.min_snr_gamma)
+            if self.config.model_kind == "autoencoder":
+                losses = self.net(x0)
+            else:
+                losses = self.diffusion.training_loss(self.net, x0, cond, t=t, noise=noise, reduction="none",
+                                                      min_snr_gamma=self.config.diffusion.min_snr_gamma)
         loss = losses.mean()
         if not torch.isfinite(loss):
             raise TrainingError(self._nan_message(loss.item(), self.use_amp))
@@ -180,6 +218,13 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
         return losses.detach(), t, float(grad_norm)
+
+    @torch.no_grad()
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled latents z ~ q(z | x) of a batch: x holds images, or the posterior moments the loader cached."""
+        ae = self.first_stage
+        moments = x if x.shape[1] == 2 * ae.config.latent_channels else torch.cat(ae.encode(x), dim=1)
+        return sample_posterior(moments.float()) * ae.latent_scale
 
     def _nan_message(self, value: float, use_amp: bool) -> str:
         kept = (f"{self.run_dir / CHECKPOINT_NAME} holds the last good state (step {self.saved_step})"
@@ -215,6 +260,10 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
+        if self.config.model_kind == "autoencoder":  # the latent scale travels with the weights
+            scale = measure_latent_scale(self.ema.model, self.loader.dataset.images[:2000])
+            for m in (self.model, self.ema.model):
+                m.latent_scale.fill_(scale)
         state = self.state_dict()  # every rank takes part in the gathers
         if not self.dist.is_main:
             return None
@@ -259,17 +308,26 @@ class Trainer:
     # ------------------------------------------------------------------ samples
     @torch.no_grad()
     def write_samples(self) -> Path:
-        """A grid from the EMA model (DDIM, guidance for conditional models): one row per class."""
+        """A grid from the EMA model (DDIM, guidance for conditional models): one row per class (latent runs:
+        decoded); for an autoencoder, rows of training digits alternating with their reconstructions."""
         tc, m = self.config.train, self.config.model
         path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
+        if self.config.model_kind == "autoencoder":
+            x = to_float(self.loader.dataset.images[:32]).to(self.device)
+            rec = self.ema.model.decode(self.ema.model.encode(x)[0]).clamp(-1, 1)
+            rows = [t for k in range(0, 32, 8) for t in (x[k:k + 8], rec[k:k + 8])]
+            return save_grid(torch.cat(rows), path, nrow=8)
         if self.config.model_kind == "mlp":
             g = torch.Generator(self.device).manual_seed(1234)
             x = ddim_sample(self.ema.model, self.diffusion, (2000, m.dim), steps=tc.sample_steps, generator=g,
                             device=self.device, clip_denoised=False)
             return plot_points(x, title=f"{self.config.data.toy}, step {self.step}", path=path)
+        latent = self.first_stage is not None
         x, nrow = class_grid(self.ema.model, self.diffusion, self.config.sample_shape, m.cond, self.label_names,
                              self.config.data.dataset, getattr(m, "num_classes", 0), steps=tc.sample_steps,
-                             guidance=tc.guidance, device=self.device)
+                             guidance=tc.guidance, device=self.device, threshold="none" if latent else None)
+        if latent:
+            x = self.first_stage.from_latents(x).clamp(-1, 1)
         return save_grid(x, path, nrow=nrow)
 
     # ------------------------------------------------------------------ the loop

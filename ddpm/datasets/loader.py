@@ -38,7 +38,9 @@ class BatchLoader:
     - from an ImageDataset: (x float32 [B, C, H, W] in [-1, 1], y int64 [B] or None); when the dataset
       carries attributes, y is ``Labels(labels [B], attributes int8 [B, A])`` instead (text runs put them
       into captions), so ``for x, y in loader`` reads every dataset alike;
-    - from a tensor of points [N, D] (e.g. ``toy2d``): (points [B, D] as they are, None).
+    - from a tensor of points [N, D] (e.g. ``toy2d``): (points [B, D] as they are, None);
+    - with ``encoded`` (a float tensor [N, ...] aligned with the dataset's images, e.g. an autoencoder's latent
+      moments computed once): those rows in place of the images, with the same labels (no flips).
 
     The order of epoch e is a pure function of (seed, e): a permutation drawn from
     ``torch.Generator().manual_seed(seed + e)`` (or 0..N-1 if not shuffle), and, with hflip, a coin per
@@ -66,6 +68,7 @@ class BatchLoader:
         world_size: int = 1,
         *,
         seed: int | None = None,
+        encoded: torch.Tensor | None = None,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -76,7 +79,9 @@ class BatchLoader:
             raise ValueError(f"points must be a tensor [N, D], got shape {tuple(dataset.shape)}")
         if self.is_points and hflip:
             raise ValueError("hflip flips images; points [N, D] have no horizontal axis")
-        self.dataset = dataset
+        if encoded is not None and (self.is_points or hflip or len(encoded) != len(dataset)):
+            raise ValueError("encoded must have one row per image of an image dataset, and cannot be flipped")
+        self.dataset, self.encoded = dataset, encoded
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -129,17 +134,21 @@ class BatchLoader:
         """The batch at positions ``index`` int64 [B], flipped where ``flip`` bool [B] says so."""
         if self.is_points:
             return self.dataset.index_select(0, index), None
-        x = self.dataset.images.index_select(0, index)  # uint8 copy [B, C, H, W]
-        if flip is not None:
-            x[flip] = x[flip].flip(-1)  # flip before the float conversion: 4x less memory traffic
+        if self.encoded is not None:
+            x = self.encoded.index_select(0, index)
+        else:
+            x = self.dataset.images.index_select(0, index)  # uint8 copy [B, C, H, W]
+            if flip is not None:
+                x[flip] = x[flip].flip(-1)  # flip before the float conversion: 4x less memory traffic
+            x = to_float(x)
         labels = self.dataset.labels.index_select(0, index) if self.dataset.labels is not None else None
         if labels is None or self.dataset.attributes is None:
-            return to_float(x), labels
+            return x, labels
         attributes = self.dataset.attributes.index_select(0, index)
         if flip is not None:  # a mirrored digit leans the other way
             for k in MIRRORED:
                 attributes[flip, k] = 2 - attributes[flip, k]
-        return to_float(x), Labels(labels, attributes)
+        return x, Labels(labels, attributes)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start = self.epoch, self.batch

@@ -31,6 +31,8 @@ class ResBlock(nn.Module):
     FiLM:              h = GN(h) * (1 + s) + b,   [s, b] = W SiLU(emb)
     out = skip(x) + conv2(dropout(SiLU(h)))      (conv2 starts at zero, so the block starts as its skip path:
                                                   the identity when Cin = Cout, a 1x1 conv otherwise)
+
+    emb_dim = 0 makes a block without an embedding (h = GN(h); the autoencoder's blocks): forward(x).
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int, film: bool,
@@ -39,15 +41,17 @@ class ResBlock(nn.Module):
         self.film = film
         self.norm1 = nn.GroupNorm(num_groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if film else out_ch)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if film else out_ch) if emb_dim else None
         self.norm2 = nn.GroupNorm(num_groups, out_ch, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         # A 1x1 conv ("network-in-network") matches channels on the skip path when they change.
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
+        if self.emb_proj is None:
+            return self.skip(x) + self.conv2(self.dropout(F.silu(self.norm2(h))))
         e = self.emb_proj(F.silu(emb))
         if self.film:
             scale, shift = rearrange(e, "b (two c) -> two b c 1 1", two=2)

@@ -26,6 +26,8 @@ Presets (``UNET_PRESETS``; FLOPs = 2 x multiply-adds of one forward pass for one
   0.38 GFLOPs per image. Why this shape: docs/results.md ("The mnist U-Net").
 - ``"mnist-class"``, ``"mnist-text"``: the same with a class-label or caption conditioner (text:
   cross-attention at 7x7 as well).
+- ``"mnist-latent"``: for the 4x7x7 latents of the mnist autoencoder (ddpm.nn.autoencoder): one level at 7x7,
+  ch 64, two res blocks, attention at 7x7 and in the middle.
 - ``"tiny"``: for tests, 1x28x28, ch 8, ch_mult (1, 2), 41,609 parameters, 0.026 GFLOPs per image.
 """
 
@@ -363,6 +365,11 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     "mnist-class": dataclasses.replace(_MNIST, cond="class", num_classes=10),
     "mnist-text": dataclasses.replace(
         _MNIST, cond="text", vocab=MNIST_CAPTION_VOCAB, cross_attn_resolutions=(7,)
+    ),
+    # for the 4x7x7 latents of the mnist autoencoder: one level (the latent is already the low resolution)
+    "mnist-latent": UNetConfig(
+        in_channels=4, image_size=7, ch=64, ch_mult=(1,), num_res_blocks=2, attn_resolutions=(7,), dropout=0.0,
+        num_groups=8,
     ),
     "tiny": UNetConfig(
         in_channels=1, image_size=28, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),

@@ -161,9 +161,10 @@ def plot_image_table(images: Tensor, row_labels: Sequence[str] | None = None,
 @torch.no_grad()
 def class_grid(model, diffusion, shape: Sequence[int], mode: str, label_names: Sequence[str], dataset: str,
                num_classes: int = 0, *, steps: int = 50, guidance: float | None = None, per_class: int = 8,
-               seed: int = 1234, device=None) -> tuple[Tensor, int]:
+               seed: int = 1234, device=None, **kwargs) -> tuple[Tensor, int]:
     """Samples for a grid with one row of ``per_class`` images per class (DDIM, guided), or 64 images of an
-    unconditional model. shape is one image's (C, H, W). Returns (images [N, C, H, W], images per row)."""
+    unconditional model. shape is one image's (C, H, W); kwargs go to the sampler (e.g. threshold). Returns
+    (images [N, C, H, W], images per row)."""
     device = device if device is not None else diffusion.betas.device
     classes = num_conditions(mode, num_classes, label_names)
     labels = balanced_labels(per_class * classes, classes, grouped=True) if classes else None
@@ -173,5 +174,5 @@ def class_grid(model, diffusion, shape: Sequence[int], mode: str, label_names: S
     n = 64 if cond is None else len(labels)
     x = ddim_sample(model, diffusion, (n, *shape), cond, steps=steps,
                     guidance_scale=guidance if cond is not None else None,
-                    generator=torch.Generator(device).manual_seed(seed), device=device)
+                    generator=torch.Generator(device).manual_seed(seed), device=device, **kwargs)
     return x, (per_class if cond is not None else 8)
