@@ -13,6 +13,7 @@ the EMA weights and the config (a few MB), which is what ``sample`` and ``evalua
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -174,6 +175,10 @@ class LoadedRun:
         predicted x_0 is not clipped (threshold "none")."""
         return {"threshold": "none"} if self.first_stage is not None else {}
 
+    def sampler_options(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Keyword arguments for ddpm.samplers.sample: sampler_defaults, then those of ``options`` that are set."""
+        return {**self.sampler_defaults, **{k: v for k, v in (options or {}).items() if v is not None}}
+
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Samples as images in [-1, 1]: a latent run's latents decoded by its autoencoder; else x itself."""
@@ -197,9 +202,10 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = Fa
             raise CheckpointError(f"{checkpoint_path(run)} is not a latent diffusion run: it has no autoencoder")
         latent = LatentConfig(**config["latent"])
         ae_path = checkpoint_path(autoencoder)
-        load_first_stage(LatentConfig(str(ae_path), latent.fingerprint, latent.cache))
+        load_first_stage(dataclasses.replace(latent, autoencoder=str(ae_path)))
         same_folder = ae_path.resolve().parent == Path(out).resolve().parent
-        config = {**config, "latent": {**config["latent"], "autoencoder": ae_path.name if same_folder else str(ae_path)}}
+        named = ae_path.name if same_folder else str(ae_path)
+        config = {**config, "latent": {**config["latent"], "autoencoder": named}}
     weights = ckpt["ema"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
@@ -253,6 +259,8 @@ def load_first_stage(latent: LatentConfig, relative_to: str | os.PathLike | None
     ae = _load_weights(build_model(config), ckpt["ema"], path)
     for p in ae.parameters():
         p.requires_grad_(False)
+    if latent.scale is not None:  # the latent run's own factor instead of the measured one (an ablation)
+        ae.latent_scale.fill_(latent.scale)
     return ae.to(device).eval(), fingerprint
 
 

@@ -26,8 +26,8 @@ Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "Config", "PRESETS", "get_preset", "resume_changes",
-           "RESUMABLE_CHANGES", "with_conditioning"]
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "Config", "PRESETS", "get_preset",
+           "resume_changes", "RESUMABLE_CHANGES", "with_conditioning", "MODEL_KINDS"]
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,18 @@ class LatentConfig:
     weights_fingerprint), filled in when training starts; loading refuses an autoencoder whose weights differ.
     cache: encode the training images once (posterior mean and log-variance, kept in memory) and draw
     z ~ q(z | x) from them each step, instead of running the encoder on every batch.
+    scale: None uses the autoencoder's measured latent_scale (1 / std of its latents); a number replaces it
+    (the ablation that shows what a wrong signal-to-noise ratio does: docs/results.md, "Latent diffusion").
     """
 
     autoencoder: str = "runs/mnist-autoencoder"
     fingerprint: str | None = None
     cache: bool = True
+    scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is not None and not self.scale > 0:
+            raise ValueError(f"the latent scale must be positive, got {self.scale}")
 
 
 MODEL_KINDS = {"unet": UNetConfig, "mlp": MLPConfig, "autoencoder": AutoencoderConfig}
@@ -290,7 +297,7 @@ PRESETS: dict[str, Config] = {
     "mnist-autoencoder": Config(
         preset="mnist-autoencoder", data=DataConfig(dataset="mnist"), model=AutoencoderConfig(),
         train=TrainConfig(**{**_MNIST_TRAIN, "steps": 600, "warmup": 50, "guidance": 1.0})),
-    "mnist-latent": _latent("mnist-latent", "text", steps=3000, cond_lr_scale=0.1),
+    "mnist-latent": _latent("mnist-latent", "text", steps=4000, cond_lr_scale=0.1),
     "mnist-latent-class": _latent("mnist-latent-class", "class", steps=1500),
     "tiny": Config(  # for tests: seconds on a CPU
         preset="tiny", data=DataConfig(dataset="mnist"),

@@ -7,6 +7,9 @@
 Each step: x0 from the data, t ~ U{0..T-1}, eps ~ N(0, I), loss = ||target - model(x_t, t, cond)||^2 with the
 target eps, x0 or v of the config's parameterization (GaussianDiffusion.training_loss), an Adam or AdamW
 step (config.train.optimizer) with gradient clipping, the learning-rate schedule, then the EMA update.
+The same loop trains the two stages of latent diffusion (ddpm.pipelines.latent): an autoencoder (its own loss,
+reconstruction + KL, and its latent scale measured at every checkpoint), and a DDPM whose x0 are the frozen
+autoencoder's scaled latents z ~ q(z | x) instead of the images.
 
 A run folder holds config.json, log.csv and loss_by_t.csv (ddpm.runlog), loss.png, samples/step_XXXXXX.png
 and checkpoint.pt (ddpm.checkpoints); every file is written atomically, and a lock file keeps a second
@@ -38,23 +41,14 @@ from ddpm.checkpoints import (
     build_model,
     config_json,
     load_checkpoint,
-    load_first_stage,
     save_atomic,
 )
 from ddpm.conditions import condition_for_labels
 from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
-from ddpm.datasets import (
-    BatchLoader,
-    Labels,
-    caption_vocabulary,
-    captions_for,
-    load_dataset,
-    to_float,
-    toy2d,
-    with_attributes,
-)
-from ddpm.nn.autoencoder import encode_moments, measure_latent_scale, sample_posterior
+from ddpm.datasets import BatchLoader, Labels, caption_vocabulary, captions_for, load_dataset, toy2d, with_attributes
+from ddpm.nn.autoencoder import encode_moments
 from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
+from ddpm.pipelines import attach_first_stage, reconstruction_rows, scaled_latents, store_latent_scale
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
 from ddpm.samplers import bf16_is_fast, ddim_sample
@@ -111,7 +105,12 @@ class Trainer:
             remove_stale_temporaries(self.run_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOSS_BY_T_NAME))
         torch.manual_seed(tc.seed + dist.rank)
         self.label_names: tuple[str, ...] = ()
-        self.first_stage = self._first_stage() if self.config.latent is not None else None
+        self.first_stage = None  # a latent run's frozen autoencoder (ddpm.pipelines.latent)
+        if self.config.latent is not None:
+            try:
+                self.first_stage, self.config = attach_first_stage(self.config, self.device)
+            except (CheckpointError, ValueError) as e:
+                raise TrainingError(str(e)) from None
         self.loader = self._make_loader(dataset)
         self.model = build_model(self.config).to(self.device)
         self.diffusion = build_diffusion(self.config, self.device)
@@ -138,20 +137,6 @@ class Trainer:
             self.lock.release()
 
     # ------------------------------------------------------------------ data and conditioning
-    def _first_stage(self):
-        """A latent run's frozen autoencoder; its weights' fingerprint goes into the config (so every later load
-        can check that it decodes with the same autoencoder)."""
-        try:
-            ae, fingerprint = load_first_stage(self.config.latent, device=self.device)
-        except CheckpointError as e:
-            raise TrainingError(str(e)) from None
-        if ae.config.latent_shape != self.config.sample_shape:
-            raise TrainingError(f"the autoencoder {self.config.latent.autoencoder} makes latents of shape "
-                                f"{ae.config.latent_shape} but the U-Net is built for {self.config.sample_shape}")
-        if self.config.latent.fingerprint is None:
-            self.config = self.config.replace(fingerprint=fingerprint)
-        return ae
-
     def _make_loader(self, dataset) -> BatchLoader:
         dc, tc, d = self.config.data, self.config.train, self.dist
         common = dict(shuffle=True, drop_last=True, seed=tc.seed, rank=d.rank, world_size=d.world_size)
@@ -198,7 +183,7 @@ class Trainer:
         self.net.train()
         x0 = x0.to(self.device, non_blocking=True)
         if self.first_stage is not None:
-            x0 = self.latents(x0)
+            x0 = scaled_latents(self.first_stage, x0)
         if t is None and self.config.model_kind != "autoencoder":
             t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
@@ -218,13 +203,6 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
         return losses.detach(), t, float(grad_norm)
-
-    @torch.no_grad()
-    def latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled latents z ~ q(z | x) of a batch: x holds images, or the posterior moments the loader cached."""
-        ae = self.first_stage
-        moments = x if x.shape[1] == 2 * ae.config.latent_channels else torch.cat(ae.encode(x), dim=1)
-        return sample_posterior(moments.float()) * ae.latent_scale
 
     def _nan_message(self, value: float, use_amp: bool) -> str:
         kept = (f"{self.run_dir / CHECKPOINT_NAME} holds the last good state (step {self.saved_step})"
@@ -261,9 +239,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         if self.config.model_kind == "autoencoder":  # the latent scale travels with the weights
-            scale = measure_latent_scale(self.ema.model, self.loader.dataset.images[:2000])
-            for m in (self.model, self.ema.model):
-                m.latent_scale.fill_(scale)
+            store_latent_scale((self.model, self.ema.model), self.loader.dataset.images, self.ema.model)
         state = self.state_dict()  # every rank takes part in the gathers
         if not self.dist.is_main:
             return None
@@ -313,10 +289,7 @@ class Trainer:
         tc, m = self.config.train, self.config.model
         path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
         if self.config.model_kind == "autoencoder":
-            x = to_float(self.loader.dataset.images[:32]).to(self.device)
-            rec = self.ema.model.decode(self.ema.model.encode(x)[0]).clamp(-1, 1)
-            rows = [t for k in range(0, 32, 8) for t in (x[k:k + 8], rec[k:k + 8])]
-            return save_grid(torch.cat(rows), path, nrow=8)
+            return save_grid(reconstruction_rows(self.ema.model, self.loader.dataset.images[:32]), path, nrow=8)
         if self.config.model_kind == "mlp":
             g = torch.Generator(self.device).manual_seed(1234)
             x = ddim_sample(self.ema.model, self.diffusion, (2000, m.dim), steps=tc.sample_steps, generator=g,

@@ -25,6 +25,7 @@ LAYERS = [
     ["ddpm.viz"],
     ["ddpm.config", "ddpm.runtime", "ddpm.optim", "ddpm.runlog"],
     ["ddpm.checkpoints"],
+    ["ddpm.pipelines"],
     ["ddpm.convert", "ddpm.training"],
     ["ddpm.metrics"],
     ["ddpm.bench"],

@@ -10,7 +10,7 @@ import argparse
 import json
 
 from ddpm._util import write_text_atomic
-from ddpm.bench import format_bench, run_bench
+from ddpm.bench import compare_latent, format_bench, format_latent_comparison, run_bench
 from ddpm.cli.common import UsageError, add_device_flags, check_output, positive_int, setup_device
 from ddpm.config import PRESETS
 
@@ -18,7 +18,8 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(PRESETS)} (default: mnist)")
+    p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(PRESETS)} (default: mnist; a latent preset "
+                                                     "is measured side by side with the pixel mnist-text)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="training batch (default: the preset's)")
     p.add_argument("--sample-batch", type=positive_int, default=64, help="sampling batch (default 64)")
     add_device_flags(p)
@@ -39,8 +40,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
+    if PRESETS[args.preset].model_kind == "autoencoder":
+        raise UsageError(f"{args.preset} is an autoencoder, not a diffusion model; python -m ddpm bench --preset "
+                         f"mnist-latent measures it beside the latent and the pixel models")
     out = check_output(args.out, (".json",), "--out")
     device = setup_device(args)
+    if PRESETS[args.preset].latent is not None:  # a latent preset: side by side with the pixel text model
+        result = compare_latent(args.preset, "mnist-text", device=device, batch_size=args.batch_size,
+                                n=args.sample_batch, repeats=1 if args.quick else 3,
+                                train_repeats=args.train_steps or (1 if args.quick else 5),
+                                progress=lambda s: print(f"... {s}", flush=True))
+        print(format_latent_comparison(result))
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     result = run_bench(args.preset, batch_size=args.batch_size, sample_batch=args.sample_batch, device=device,
                        quick=args.quick, full=args.full, explore=args.explore, profile=args.profile,
                        train_steps=args.train_steps, sample_steps=args.sample_steps,

@@ -114,8 +114,9 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim", several
     p.add_argument("--spacing", choices=SPACINGS, default="uniform",
                    help="which timesteps a sampler with fewer than T steps visits: uniform in t (default), "
                         "uniform in lambda = log(alpha/sigma), or karras (rho = 7)")
-    p.add_argument("--threshold", choices=THRESHOLDS, default="clip",
-                   help="predicted x_0 outside [-1, 1]: clip (default), dynamic (Imagen's, percentile 0.995) or none")
+    p.add_argument("--threshold", choices=THRESHOLDS, default=None,
+                   help="predicted x_0 outside [-1, 1]: clip (default for pixels), dynamic (Imagen's, percentile "
+                        "0.995) or none (default for a latent model: latents are not in [-1, 1])")
     p.add_argument("--precision", choices=PRECISIONS, default=precision,
                    help=f"the network's arithmetic: fp32, bf16 (autocast), or auto (bf16 where the CPU or GPU has "
                         f"bf16 units, else fp32) (default: {precision})")
@@ -179,6 +180,9 @@ def load_image_run(run: str | None, device, use_ema: bool = True, text: bool = F
     loaded = load_run(resolve_run(run, text), device=device, use_ema=use_ema)
     if loaded.config.model_kind == "mlp":
         raise UsageError(f"{loaded.path} is a 2D toy model: see python -m ddpm visualize toy --run {loaded.path}")
+    if loaded.config.model_kind == "autoencoder":
+        raise UsageError(f"{loaded.path} is an autoencoder (the first stage of latent diffusion), not a diffusion "
+                         f"model: see python -m ddpm evaluate --run {loaded.path}, or sample from a latent run")
     return loaded
 
 

@@ -1,6 +1,8 @@
 """Bits/dim and sample quality of a trained run: prints a table and writes the report as JSON.
 
 Bits/dim of test images under the variational bound, with its terms (prior, decoder, KL by range of t).
+A latent model's samples are decoded by its autoencoder before they are judged (it has no bits/dim); an
+autoencoder is judged by its reconstructions (PSNR, the classifier on them, its latents' statistics).
 For MNIST-like data, samples judged by a small classifier: conditional accuracy, and a Frechet distance of
 its features beside the real-data floor (not the Inception FID of the literature). For CIFAR-10, Inception
 FID when pytorch-fid and its weights are installed. The report goes to <run>/eval.json unless --out.
@@ -23,7 +25,8 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_run_flag(p)
     p.add_argument("--n-samples", type=common.nonnegative_int, default=1000,
-                   help="samples for the sample-quality metrics (0: skip; default 1000)")
+                   help="samples for the sample-quality metrics (0: skip; default 1000); for an autoencoder, the "
+                        "test images it reconstructs (0: all)")
     common.add_sampler_flags(p, several=True)
     p.add_argument("--guidance", type=common.finite_float, default=None,
                    help="guidance scale (default: the run's train.guidance)")

@@ -14,10 +14,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder or checkpoint .pt")
     p.add_argument("--out", required=True, help="the exported .pt file")
     p.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
+    p.add_argument("--autoencoder", help="for a latent run: the (exported) autoencoder the file should name from now "
+                                         "on; it must hold the weights the run was trained with")
 
 
 def run(args) -> int:
     out = check_output(args.out, (".pt",), "--out")
-    path = export_model(args.run, out, half=args.half)
+    path = export_model(args.run, out, half=args.half, autoencoder=args.autoencoder)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

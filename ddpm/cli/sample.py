@@ -24,7 +24,7 @@ from ddpm.cli.common import (
     vocabulary_text,
 )
 from ddpm.samplers import sample
-from ddpm.viz import reverse_trajectory, save_grid, save_reverse_animation
+from ddpm.viz import decode_steps, reverse_trajectory, save_grid, save_reverse_animation
 
 __all__ = ["add_arguments", "run"]
 
@@ -75,18 +75,21 @@ def run(args) -> int:
     if cond is None and args.guidance is not None:
         raise UsageError(f"{loaded.path} is an unconditional model: --guidance needs a conditional one")
     kwargs = dict(steps=steps, guidance_scale=guidance if cond is not None else None,
-                  generator=torch.Generator(device).manual_seed(args.seed), device=device, progress=True, **options)
+                  generator=torch.Generator(device).manual_seed(args.seed), device=device, progress=True,
+                  **loaded.sampler_options(options))
     shape = (n, *loaded.shape)
     if gif is not None:  # the same samples (same seed), keeping about 40 moments of the reverse process
         steps_kept = reverse_trajectory(loaded.model, loaded.diffusion, shape, cond, sampler=args.sampler,
                                         frames=40, **kwargs)
         x0 = steps_kept[-1].x_prev
+        if loaded.first_stage is not None:  # a latent run: the GIF shows the decoded x_t and predicted x_0
+            steps_kept = decode_steps(steps_kept, loaded.decode)
     else:
         x0 = sample(loaded.model, loaded.diffusion, shape, cond, sampler=args.sampler, **kwargs)
-    path = save_grid(x0, out, nrow=nrow)
+    path = save_grid(loaded.decode(x0), out, nrow=nrow)  # a latent run's samples are decoded
     print(f"wrote {n} samples ({args.sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "
           f"from step {loaded.step} of {loaded.path}: {path}")
     if gif is not None:
-        written = save_reverse_animation(steps_kept, gif, nrow=nrow)
+        written = save_reverse_animation(steps_kept, gif, nrow=nrow, show_pred_x0=loaded.first_stage is not None)
         print(f"wrote the reverse process ({len(steps_kept)} frames): {written}")
     return 0

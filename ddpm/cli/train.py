@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"),
                    help="bf16 autocast with fp32 weights: auto (default: where the device has bf16 units), bf16, fp32")
     p.add_argument("--cond", choices=("none", "class", "text"), help="conditioning (default: the preset's)")
+    p.add_argument("--autoencoder", help="latent presets: the trained autoencoder (run folder or .pt) whose latents "
+                                         "to model (default: the preset's, runs/mnist-autoencoder)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--sample-every", type=nonnegative_int,
                    help="write a sample grid every N steps (0: only at the end)")
@@ -71,7 +73,8 @@ def _overrides(args) -> dict:
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
         "compile": True if args.compile else None, "cond": args.cond,
-        "cond_lr_scale": args.cond_lr_scale, "precision": args.precision}.items() if v is not None}
+        "cond_lr_scale": args.cond_lr_scale, "precision": args.precision,
+        "autoencoder": args.autoencoder}.items() if v is not None}
 
 
 def _run_dir(args) -> Path:
@@ -86,6 +89,10 @@ def _run_dir(args) -> Path:
 
 def train_config(args, run_dir: Path) -> Config:
     """The config to train: the preset with the flags; with --resume, the run's own config with the flags."""
+    if args.autoencoder is not None and (args.resume or PRESETS.get(args.preset or "mnist", None) is None
+                                         or PRESETS[args.preset or "mnist"].latent is None):
+        latent = ", ".join(name for name, c in PRESETS.items() if c.latent is not None)
+        raise UsageError(f"--autoencoder is for a new run of a latent preset ({latent}); a resumed run keeps its own")
     if not args.resume:
         return get_preset(args.preset or "mnist", **_overrides(args))
     saved = Config.from_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"])
@@ -136,8 +143,13 @@ def run(args) -> int:
         print(f"checkpoint: {summary['checkpoint']}")
         if "samples" in summary:
             print(f"samples: {summary['samples']}")
-        print(f"next: python -m ddpm sample --run {run_dir}" if not summary["interrupted"]
-              else f"continue: python -m ddpm train --name {run_dir.name} --runs-dir {run_dir.parent} --resume")
+        if summary["interrupted"]:
+            print(f"continue: python -m ddpm train --name {run_dir.name} --runs-dir {run_dir.parent} --resume")
+        elif trainer.config.model_kind == "autoencoder":  # a first stage: judge it, then train a DDPM on its latents
+            print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm train --preset mnist-latent "
+                  f"(its config names runs/mnist-autoencoder; another autoencoder: --autoencoder {run_dir})")
+        else:
+            print(f"next: python -m ddpm sample --run {run_dir}")
     if dist.enabled:
         torch.distributed.destroy_process_group()
     return 0

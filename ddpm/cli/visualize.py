@@ -36,7 +36,7 @@ from ddpm.cli.common import (
 )
 from ddpm.conditions import condition_for_labels
 from ddpm.config import get_preset
-from ddpm.datasets import TOY2D_NAMES, load_dataset, toy2d
+from ddpm.datasets import TOY2D_NAMES, load_dataset, to_float, toy2d
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import SAMPLERS, default_steps
 from ddpm.schedules import make_betas
@@ -206,7 +206,13 @@ def fig_reverse(args, out: Path, device: torch.device) -> list[Path]:
     _say(f"sampling {n} images with {args.sampler}, {steps} steps, from step {loaded.step} of {loaded.path}")
     trajectory = viz.reverse_trajectory(loaded.model, loaded.diffusion, (n, *loaded.shape), _on(cond, device),
                                         sampler=args.sampler, steps=steps, frames=None, guidance_scale=guidance,
-                                        generator=_generator(args, device))
+                                        generator=_generator(args, device), **loaded.sampler_options())
+    if loaded.first_stage is not None:  # a latent run: the latent channels beside the decoded prediction
+        title = f"latent reverse process ({args.sampler}, {steps} steps): $z_t$ and the decoded predicted $z_0$"
+        return [viz.plot_latent_trajectory(_evenly(trajectory, 9), loaded.decode, n_images=min(n, 2), title=title,
+                                           path=png),
+                viz.save_reverse_animation(viz.decode_steps(_evenly(trajectory, 40), loaded.decode), gif,
+                                           nrow=min(n, 8), show_pred_x0=True)]
     title = f"reverse process ({args.sampler}, {steps} steps): $x_t$ and the predicted $x_0$"
     return [viz.plot_reverse_trajectory(_evenly(trajectory, 9), n_images=min(n, 4), title=title, path=png),
             viz.save_reverse_animation(_evenly(trajectory, 40), gif, nrow=min(n, 8), show_pred_x0=True)]
@@ -224,6 +230,9 @@ def fig_loss_profile(args, out: Path, device: torch.device) -> list[Path]:
         raise UsageError(f"{loaded.path} is conditional but the {dataset} test set has no labels")
     # the canonical condition of each label (class ids or class prompts): the same for every --seed
     cond = condition_for_labels(loaded.cond, labels, loaded.label_names, dataset)
+    if loaded.first_stage is not None:  # a latent model's loss is on the latents of the images
+        with torch.no_grad():
+            images = loaded.first_stage.to_latents(to_float(images).to(device), sample=False)
     _say(f"evaluating the loss of {loaded.path} (step {loaded.step}) on {len(images)} test images at 40 timesteps")
     ts, losses = viz.loss_profile(loaded.model, loaded.diffusion, images, _on(cond, device),
                                   generator=_generator(args, device))

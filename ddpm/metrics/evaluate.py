@@ -23,6 +23,7 @@ from ddpm.datasets import ImageDataset, load_dataset, mnist_edges, to_float, to_
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.likelihood import estimate_bpd
 from ddpm.metrics.attributes import adherence_plan, adherence_rows, adherence_supported, score_adherence
+from ddpm.metrics.autoencoder import autoencoder_rows, evaluate_autoencoder
 from ddpm.metrics.classifier import (
     CLASSIFIER_DATASETS,
     classifier_features,
@@ -119,7 +120,7 @@ def sample_conditions(loaded: LoadedRun, cond: Any, n: int, *, sampler: str = "d
                       guidance: float | None = None, seed: int = 0, batch_size: int = 64,
                       options: dict[str, Any] | None = None, progress: bool = False) -> Tensor:
     """n images for the conditions ``cond`` (a tensor [n], n prompts, or None), in batches, one generator
-    seeded ``seed`` for all: uint8 [n, C, H, W]."""
+    seeded ``seed`` for all: uint8 [n, C, H, W] (a latent run's samples decoded by its autoencoder)."""
     device = loaded.diffusion.betas.device
     steps = steps if steps is not None else default_steps(sampler, loaded.diffusion.T)
     gen = torch.Generator(device).manual_seed(seed)
@@ -130,8 +131,9 @@ def sample_conditions(loaded: LoadedRun, cond: Any, n: int, *, sampler: str = "d
         c = select_condition(cond, idx)
         c = c.to(device) if isinstance(c, Tensor) else c
         x = sample(loaded.model, loaded.diffusion, (len(idx), *loaded.shape), c, sampler=sampler, steps=steps,
-                   guidance_scale=guidance if c is not None else None, generator=gen, device=device, **(options or {}))
-        out.append(to_uint8(x).cpu())
+                   guidance_scale=guidance if c is not None else None, generator=gen, device=device,
+                   **loaded.sampler_options(options))
+        out.append(to_uint8(loaded.decode(x)).cpu())  # a latent run's samples are decoded
     return torch.cat(out)
 
 
@@ -179,12 +181,20 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
     start = time.perf_counter()
     _check_settings(n_samples, bpd_images, bpd_timesteps, sampler)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
-    if loaded.config.model_kind != "unet":
+    if loaded.config.model_kind == "mlp":
         raise ValueError(f"{loaded.path} is a 2D toy model; evaluate works on image models")
     root = data_root if data_root is not None else loaded.config.data.root
     report = _header(loaded, seed)
     test = load_dataset(loaded.config.data.dataset, "test", root=root)
     report["bits_per_dim"] = None
+    if loaded.config.model_kind == "autoencoder":  # a first stage: its reconstructions, not samples
+        report["autoencoder"] = evaluate_autoencoder(loaded.model, test, root, n=n_samples or len(test),
+                                                     classifier=classifier, seed=seed, progress=progress)
+        return _write(report, out, loaded, start)
+    if loaded.first_stage is not None:
+        report["bits_per_dim_note"] = ("no bits/dim for a latent model: its bound is on latents, not on the "
+                                       "pixels' 8-bit values")
+        bpd_images = 0
     if bpd_images:
         bpd = bits_per_dim_dataset(loaded.model, loaded.diffusion, test, n=bpd_images, batch_size=bpd_batch_size,
                                    timesteps=bpd_timesteps, seed=seed, progress=progress)
@@ -200,6 +210,10 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
             report["attribute_adherence"] = attribute_adherence(
                 loaded, n_samples, root, classifier=classifier, baseline=plain[0], sampler=sampler, steps=steps,
                 guidance=guidance, seed=seed + 1, batch_size=sample_batch_size, options=options, progress=progress)
+    return _write(report, out, loaded, start)
+
+
+def _write(report: dict[str, Any], out, loaded: LoadedRun, start: float) -> dict[str, Any]:
     report["seconds"] = round(time.perf_counter() - start, 1)
     path = write_text_atomic(out if out is not None else report_path(loaded.path), json.dumps(report, indent=2) + "\n")
     report["path"] = str(path)
@@ -295,6 +309,9 @@ def format_report(report: dict[str, Any]) -> str:
     """A readable table of an evaluate_run report."""
     rows = [("run", f"{report['run']} (preset {report['preset']}, step {report['step']})")]
     rows += _bpd_rows(report.get("bits_per_dim"))
+    if report.get("bits_per_dim_note"):
+        rows.append(("bits/dim", report["bits_per_dim_note"]))
+    rows += autoencoder_rows(report.get("autoencoder"))
     rows += _sample_rows(report)
     rows += adherence_rows(report.get("attribute_adherence"))
     width = max(len(k) for k, _ in rows)

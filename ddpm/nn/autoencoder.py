@@ -112,7 +112,8 @@ class Autoencoder(nn.Module):
         enc += [_block(prev, prev, c.num_groups), nn.GroupNorm(c.num_groups, prev), nn.SiLU(),
                 nn.Conv2d(prev, 2 * c.latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [nn.Conv2d(c.latent_channels, chs[-1], 3, padding=1), _block(chs[-1], chs[-1], c.num_groups)]
+        dec: list[nn.Module] = [nn.Conv2d(c.latent_channels, chs[-1], 3, padding=1),
+                                _block(chs[-1], chs[-1], c.num_groups)]
         prev = chs[-1]
         for i in reversed(range(len(chs))):  # each block narrows to the next level's width before up-sampling
             dec.append(_block(prev, chs[max(i - 1, 0)], c.num_groups))

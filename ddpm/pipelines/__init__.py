@@ -1,0 +1,9 @@
+"""Compositions of trained runs: each stage is a network plus the same process, samplers, trainer and checkpoints.
+
+    latent    Stable Diffusion in miniature: a frozen autoencoder (ddpm.nn.autoencoder) around a DDPM on its
+              scaled latents: the first stage a latent run trains with, its latents, the reconstruction grid
+"""
+
+from ddpm.pipelines.latent import attach_first_stage, reconstruction_rows, scaled_latents, store_latent_scale
+
+__all__ = ["attach_first_stage", "scaled_latents", "store_latent_scale", "reconstruction_rows"]
