@@ -5,6 +5,7 @@ the schedules, and ``from ddpm import Trainer`` loads the trainer when it is fir
 
     from ddpm import make_betas, GaussianDiffusion, UNet, ancestral_sample, ddim_sample
     from ddpm import get_preset, Trainer, load_run
+    from ddpm import Autoencoder, AutoencoderConfig        # the first stage of latent diffusion
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ _EXPORTS = {
     "GaussianDiffusion": "ddpm.diffusion",
     "UNet": "ddpm.nn.unet",
     "UNetConfig": "ddpm.nn.unet",
+    "Autoencoder": "ddpm.nn.autoencoder",
+    "AutoencoderConfig": "ddpm.nn.autoencoder",
     "ancestral_sample": "ddpm.samplers",
     "ancestral_sample_progressive": "ddpm.samplers",
     "ddim_sample": "ddpm.samplers",
@@ -32,9 +35,9 @@ _EXPORTS = {
     "load_run": "ddpm.checkpoints",
 }
 
-__all__ = ["GaussianDiffusion", "Step", "Trainer", "UNet", "UNetConfig", "ancestral_sample",
-           "ancestral_sample_progressive", "ddim_sample", "ddim_sample_progressive", "get_preset", "load_run",
-           "make_betas", "respace", "sample"]
+__all__ = ["Autoencoder", "AutoencoderConfig", "GaussianDiffusion", "Step", "Trainer", "UNet", "UNetConfig",
+           "ancestral_sample", "ancestral_sample_progressive", "ddim_sample", "ddim_sample_progressive", "get_preset",
+           "load_run", "make_betas", "respace", "sample"]
 
 
 def __getattr__(name: str) -> Any:
@@ -53,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors only
     from ddpm.checkpoints import load_run
     from ddpm.config import get_preset
     from ddpm.diffusion import GaussianDiffusion
+    from ddpm.nn.autoencoder import Autoencoder, AutoencoderConfig
     from ddpm.nn.unet import UNet, UNetConfig
     from ddpm.samplers import (
         Step,
