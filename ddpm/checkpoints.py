@@ -236,9 +236,10 @@ def first_stage_path(latent: LatentConfig, relative_to: str | os.PathLike | None
     for c in candidates:
         if checkpoint_path(c).exists():
             return checkpoint_path(c)
+    fix = (f"put it beside {relative_to} (it is the autoencoder this model was trained on)" if relative_to is not None
+           else "train one with: python -m ddpm train --preset mnist-autoencoder, or name yours: --autoencoder PATH")
     raise CheckpointError(f"the autoencoder {latent.autoencoder} of this latent model is missing (looked for "
-                          f"{' and '.join(str(checkpoint_path(c)) for c in candidates)}); train it with: python -m "
-                          f"ddpm train --preset mnist-autoencoder, or give the latent model's own autoencoder file")
+                          f"{' and '.join(str(checkpoint_path(c)) for c in candidates)}); {fix}")
 
 
 def load_first_stage(latent: LatentConfig, relative_to: str | os.PathLike | None = None,

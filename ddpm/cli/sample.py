@@ -71,6 +71,9 @@ def run(args) -> int:
     if isinstance(cond, torch.Tensor):
         cond = cond.to(device)
     steps, options = sampler_options(args, loaded.diffusion.T)
+    if loaded.first_stage is not None and args.threshold not in (None, "none"):
+        print(f"note: --threshold {args.threshold} treats the predicted x_0 as pixels in [-1, 1]; this model's are "
+              f"latents (its default is none)", flush=True)
     guidance = args.guidance if args.guidance is not None else loaded.config.train.guidance
     if cond is None and args.guidance is not None:
         raise UsageError(f"{loaded.path} is an unconditional model: --guidance needs a conditional one")
