@@ -222,3 +222,18 @@ def test_the_latent_benchmark_compares_with_pixel_space_in_one_run():
     assert set(r["train"]) == {"pixel", "latent (cached encoding)", "latent (encoder every batch)", "autoencoder"}
     assert r["train"]["pixel"]["speed_vs_pixel"] == 1.0 and r["sampling"]["pixel"]["speed_vs_pixel"] == 1.0
     assert "latent U-Net" in format_latent_comparison(r)
+
+
+def test_an_autoencoder_run_resumes_exactly(tmp_path, digits):
+    """Stopped at step 2 and resumed, an autoencoder run ends with the weights of an uninterrupted one (the latent
+    scale written at each checkpoint does not disturb the training)."""
+    config = get_preset("mnist-autoencoder", steps=4, batch_size=16, ckpt_every=2, **TINY_AE)
+    Trainer(config, tmp_path / "full", device="cpu", progress=False, dataset=digits).fit(final_samples=False)
+    Trainer(config, tmp_path / "split", device="cpu", progress=False, dataset=digits).fit(until=2,
+                                                                                         final_samples=False)
+    Trainer(config, tmp_path / "split", device="cpu", progress=False, dataset=digits,
+            resume=True).fit(final_samples=False)
+    full, split = load_run(tmp_path / "full"), load_run(tmp_path / "split")
+    assert full.step == split.step == 4
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), split.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
