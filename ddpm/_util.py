@@ -6,13 +6,14 @@ This module imports nothing else of ddpm, so that any module can import it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ["check_mode", "check_threads", "set_threads", "num_threads", "eval_mode", "atomic_write",
            "write_text_atomic", "remove_stale_temporaries", "shorten", "select_condition", "FolderLock",
-           "LockError", "stop_on_sigint"]
+           "LockError", "stop_on_sigint", "dataclass_to_dict", "dataclass_from_dict"]
 
 
 def check_mode(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -32,6 +33,20 @@ def check_mode(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {what} {shorten(value)!r}; expected one of: {', '.join(allowed)}")
     return value
+
+
+def dataclass_to_dict(obj) -> dict[str, Any]:
+    """A frozen config dataclass as a plain JSON-able dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
+def dataclass_from_dict(cls, d: dict[str, Any]):
+    """The inverse of dataclass_to_dict: missing keys take the defaults, unknown keys raise, naming them."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
+    return cls(**d)
 
 
 def shorten(text, limit: int = 60) -> str:

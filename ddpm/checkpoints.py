@@ -154,7 +154,7 @@ class LoadedRun:
 
     @property
     def cond(self) -> str:
-        return getattr(self.config.model, "cond", "none")
+        return self.config.cond
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -169,15 +169,10 @@ class LoadedRun:
         c = self.first_stage.config
         return (c.in_channels, c.image_size, c.image_size)
 
-    @property
-    def sampler_defaults(self) -> dict[str, Any]:
-        """Sampler options that differ from the samplers' defaults: latents are not in [-1, 1], so their
-        predicted x_0 is not clipped (threshold "none")."""
-        return {"threshold": "none"} if self.first_stage is not None else {}
-
     def sampler_options(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Keyword arguments for ddpm.samplers.sample: sampler_defaults, then those of ``options`` that are set."""
-        return {**self.sampler_defaults, **{k: v for k, v in (options or {}).items() if v is not None}}
+        """Keyword arguments for ddpm.samplers.sample: the config's sampler_defaults (no clipping of latents),
+        then those of ``options`` that are set."""
+        return {**self.config.sampler_defaults, **{k: v for k, v in (options or {}).items() if v is not None}}
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from ddpm._util import check_mode
+from ddpm._util import check_mode, dataclass_from_dict
 from ddpm.datasets import caption_max_words, caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS
 from ddpm.nn.autoencoder import AutoencoderConfig
@@ -140,6 +140,17 @@ class Config:
         return next(k for k, cls in MODEL_KINDS.items() if isinstance(self.model, cls))
 
     @property
+    def cond(self) -> str:
+        """The network's conditioning: "none", "class" or "text" ("none" for a network that takes no condition)."""
+        return getattr(self.model, "cond", "none")
+
+    @property
+    def sampler_defaults(self) -> dict[str, Any]:
+        """Sampler options that differ from the samplers' defaults: a latent run's predicted x_0 is a latent, not
+        pixels in [-1, 1], so it is not clipped (threshold "none")."""
+        return {"threshold": "none"} if self.latent is not None else {}
+
+    @property
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample: (C, H, W) for images (and for latents: what the U-Net is built for),
         (dim,) for 2D toys."""
@@ -165,11 +176,11 @@ class Config:
         kind = check_mode(model.pop("kind", "unet"), tuple(MODEL_KINDS), "model kind")
         return cls(
             preset=d["preset"],
-            data=_build(DataConfig, d["data"]),
+            data=dataclass_from_dict(DataConfig, d["data"]),
             model=MODEL_KINDS[kind].from_dict(model),
-            diffusion=_build(DiffusionConfig, d["diffusion"]),
-            train=_build(TrainConfig, _migrate_train(d["train"])),
-            latent=_build(LatentConfig, d["latent"]) if d.get("latent") is not None else None,
+            diffusion=dataclass_from_dict(DiffusionConfig, d["diffusion"]),
+            train=dataclass_from_dict(TrainConfig, _migrate_train(d["train"])),
+            latent=dataclass_from_dict(LatentConfig, d["latent"]) if d.get("latent") is not None else None,
         )
 
     def replace(self, **overrides: Any) -> Config:
@@ -226,14 +237,6 @@ def _migrate_train(d: dict[str, Any]) -> dict[str, Any]:
     if "amp" in d and "precision" not in d:
         d["precision"] = "auto" if d.pop("amp") else "fp32"
     return d
-
-
-def _build(cls, d: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
-    return cls(**d)
 
 
 def with_conditioning(model: UNetConfig, cond: str, dataset: str) -> UNetConfig:

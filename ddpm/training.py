@@ -8,7 +8,7 @@ Each step: x0 from the data, t ~ U{0..T-1}, eps ~ N(0, I), loss = ||target - mod
 target eps, x0 or v of the config's parameterization (GaussianDiffusion.training_loss), an Adam or AdamW
 step (config.train.optimizer) with gradient clipping, the learning-rate schedule, then the EMA update.
 The same loop trains the two stages of latent diffusion (ddpm.pipelines.latent): an autoencoder (its own loss,
-reconstruction + KL, and its latent scale measured at every checkpoint), and a DDPM whose x0 are the frozen
+reconstruction + KL, and its latent scale measured when the run stops), and a DDPM whose x0 are the frozen
 autoencoder's scaled latents z ~ q(z | x) instead of the images.
 
 A run folder holds config.json, log.csv and loss_by_t.csv (ddpm.runlog), loss.png, samples/step_XXXXXX.png
@@ -45,14 +45,13 @@ from ddpm.checkpoints import (
 )
 from ddpm.conditions import condition_for_labels
 from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
-from ddpm.datasets import BatchLoader, Labels, caption_vocabulary, captions_for, load_dataset, toy2d, with_attributes
-from ddpm.nn.autoencoder import encode_moments
+from ddpm.datasets import Labels, captions_for
 from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
-from ddpm.pipelines import attach_first_stage, reconstruction_rows, scaled_latents, store_latent_scale
+from ddpm.pipelines import attach_first_stage, scaled_latents, store_latent_scale, training_grid, training_loader
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
-from ddpm.samplers import bf16_is_fast, ddim_sample
-from ddpm.viz import class_grid, plot_loss_curve, plot_points, save_grid
+from ddpm.samplers import bf16_is_fast
+from ddpm.viz import plot_loss_curve
 
 __all__ = ["Trainer", "TrainingError", "EMA", "DistInfo", "select_device", "setup_distributed",
            "lr_factor", "condition_for_labels", "NUM_T_BUCKETS", "RESUMABLE_CHANGES", "resume_changes"]
@@ -104,14 +103,14 @@ class Trainer:
         if dist.is_main:  # files that a killed atomic write left behind
             remove_stale_temporaries(self.run_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOSS_BY_T_NAME))
         torch.manual_seed(tc.seed + dist.rank)
-        self.label_names: tuple[str, ...] = ()
         self.first_stage = None  # a latent run's frozen autoencoder (ddpm.pipelines.latent)
         if self.config.latent is not None:
             try:
                 self.first_stage, self.config = attach_first_stage(self.config, self.device)
             except (CheckpointError, ValueError) as e:
                 raise TrainingError(str(e)) from None
-        self.loader = self._make_loader(dataset)
+        self.loader = training_loader(self.config, self.local_batch, dist, dataset, self.first_stage)
+        self.label_names = tuple(getattr(self.loader.dataset, "label_names", ()))
         self.model = build_model(self.config).to(self.device)
         self.diffusion = build_diffusion(self.config, self.device)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
@@ -137,33 +136,10 @@ class Trainer:
             self.lock.release()
 
     # ------------------------------------------------------------------ data and conditioning
-    def _make_loader(self, dataset) -> BatchLoader:
-        dc, tc, d = self.config.data, self.config.train, self.dist
-        common = dict(shuffle=True, drop_last=True, seed=tc.seed, rank=d.rank, world_size=d.world_size)
-        if dc.dataset == "toy2d" and dataset is None:
-            return BatchLoader(toy2d(dc.toy, dc.toy_size, seed=tc.seed), self.local_batch, **common)
-        m = self.config.model
-        if dataset is None:
-            dataset = load_dataset(dc.dataset, split="train", root=dc.root)
-            # text runs put the digits' style into words, if their vocabulary has the words (older runs' do not)
-            if getattr(m, "cond", "none") == "text" and set(caption_vocabulary(dc.dataset)) <= set(m.vocab):
-                dataset = with_attributes(dataset, root=dc.root)
-        image = self.first_stage.config if self.first_stage is not None else m  # what the images must fit
-        if (dataset.channels, dataset.image_size) != (image.in_channels, image.image_size):
-            raise ValueError(f"the {dataset.name} images are {dataset.channels}x{dataset.image_size}x"
-                             f"{dataset.image_size} but the model expects {image.in_channels}x{image.image_size}x"
-                             f"{image.image_size}; pick a preset made for this dataset")
-        if getattr(m, "cond", "none") != "none" and dataset.labels is None:
-            raise ValueError(f"cond={m.cond!r} needs labels but the dataset {dataset.name} has none; use cond='none'")
-        self.label_names = tuple(dataset.label_names)
-        if self.first_stage is not None and self.config.latent.cache:  # the encoder runs once, not every step
-            common["encoded"] = encode_moments(self.first_stage, dataset.images)
-        return BatchLoader(dataset, self.local_batch, hflip=dc.hflip, **common)
-
     def condition(self, y: torch.Tensor | Labels | None):
         """The network's condition for a training batch: the labels, one random caption per label (saying some
         of the digits' style when the loader gives attributes: y = Labels(labels, attributes)), or None."""
-        cond = getattr(self.config.model, "cond", "none")
+        cond = self.config.cond
         labels, attributes = (y.labels, y.attributes) if isinstance(y, Labels) else (y, None)
         if cond == "class":
             return labels.to(self.device)
@@ -183,7 +159,7 @@ class Trainer:
         self.net.train()
         x0 = x0.to(self.device, non_blocking=True)
         if self.first_stage is not None:
-            x0 = scaled_latents(self.first_stage, x0)
+            x0 = scaled_latents(self.first_stage, x0, cached=self.config.latent.cache)
         if t is None and self.config.model_kind != "autoencoder":
             t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
@@ -237,8 +213,10 @@ class Trainer:
             "runlog": self.log.state_dict() if self.log is not None else None,
         }
 
-    def save_checkpoint(self) -> Path | None:
-        if self.config.model_kind == "autoencoder":  # the latent scale travels with the weights
+    def save_checkpoint(self, final: bool = False) -> Path | None:
+        """Write checkpoint.pt. final (when fit stops): an autoencoder's latent scale is measured first, so it
+        travels with the weights (periodic checkpoints keep the last measured one: measuring costs seconds)."""
+        if final and self.config.model_kind == "autoencoder":
             store_latent_scale((self.model, self.ema.model), self.loader.dataset.images, self.ema.model)
         state = self.state_dict()  # every rank takes part in the gathers
         if not self.dist.is_main:
@@ -282,26 +260,14 @@ class Trainer:
             self.caption_gen.set_state(captions)
 
     # ------------------------------------------------------------------ samples
-    @torch.no_grad()
     def write_samples(self) -> Path:
-        """A grid from the EMA model (DDIM, guidance for conditional models): one row per class (latent runs:
-        decoded); for an autoencoder, rows of training digits alternating with their reconstructions."""
-        tc, m = self.config.train, self.config.model
-        path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
-        if self.config.model_kind == "autoencoder":
-            return save_grid(reconstruction_rows(self.ema.model, self.loader.dataset.images[:32]), path, nrow=8)
-        if self.config.model_kind == "mlp":
-            g = torch.Generator(self.device).manual_seed(1234)
-            x = ddim_sample(self.ema.model, self.diffusion, (2000, m.dim), steps=tc.sample_steps, generator=g,
-                            device=self.device, clip_denoised=False)
-            return plot_points(x, title=f"{self.config.data.toy}, step {self.step}", path=path)
-        latent = self.first_stage is not None
-        x, nrow = class_grid(self.ema.model, self.diffusion, self.config.sample_shape, m.cond, self.label_names,
-                             self.config.data.dataset, getattr(m, "num_classes", 0), steps=tc.sample_steps,
-                             guidance=tc.guidance, device=self.device, threshold="none" if latent else None)
-        if latent:
-            x = self.first_stage.from_latents(x).clamp(-1, 1)
-        return save_grid(x, path, nrow=nrow)
+        """The EMA model's grid (ddpm.pipelines.training_grid): samples per class, a toy's points, or an
+        autoencoder's reconstructions."""
+        images = getattr(self.loader.dataset, "images", None)
+        return training_grid(self.config, self.ema.model, self.diffusion,
+                             self.run_dir / "samples" / f"step_{self.step:06d}.png", step=self.step,
+                             label_names=self.label_names, images=images, first_stage=self.first_stage,
+                             device=self.device)
 
     # ------------------------------------------------------------------ the loop
     def _request_stop(self) -> None:
@@ -409,7 +375,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         wall = time.perf_counter() - start
-        ckpt = self.save_checkpoint()
+        ckpt = self.save_checkpoint(final=True)
         summary = {"step": self.step, "steps_run": self.step - first, "wall_s": round(wall, 2),
                    "steps_per_s": round((self.step - first) / max(wall, 1e-9), 3), "final_loss": self.last_loss,
                    "interrupted": interrupted, "budget": self.budget, "checkpoint": str(ckpt) if ckpt else None,

@@ -226,7 +226,7 @@ def test_the_latent_benchmark_compares_with_pixel_space_in_one_run():
 
 def test_an_autoencoder_run_resumes_exactly(tmp_path, digits):
     """Stopped at step 2 and resumed, an autoencoder run ends with the weights of an uninterrupted one (the latent
-    scale written at each checkpoint does not disturb the training)."""
+    scale measured when a run stops does not disturb the training)."""
     config = get_preset("mnist-autoencoder", steps=4, batch_size=16, ckpt_every=2, **TINY_AE)
     Trainer(config, tmp_path / "full", device="cpu", progress=False, dataset=digits).fit(final_samples=False)
     Trainer(config, tmp_path / "split", device="cpu", progress=False, dataset=digits).fit(until=2,

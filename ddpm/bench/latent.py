@@ -20,21 +20,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.bench.measure import forward_flops, interleaved, loadavg, summary
-from ddpm.bench.runs import _batches, _condition, _machine
+from ddpm.bench.runs import _batches, _condition, _machine, _synthetic_dataset
 from ddpm.checkpoints import FORMAT, build_model, save_atomic
 from ddpm.config import Config, get_preset
-from ddpm.datasets import ImageDataset, dataset_label_names
 from ddpm.samplers import bf16_is_fast, sample
 from ddpm.training import Trainer
 
 __all__ = ["compare_latent", "format_latent_comparison"]
-
-
-def _digits(n: int, shape: tuple[int, ...]) -> ImageDataset:
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
-    names = dataset_label_names("mnist")
-    return ImageDataset(images, torch.randint(0, 10, (n,), generator=g), names, name="synthetic-mnist", split="train")
 
 
 def _flops(config: Config, device) -> int:
@@ -75,7 +67,7 @@ def compare_latent(latent_preset: str = "mnist-latent", pixel_preset: str = "mni
     with tempfile.TemporaryDirectory() as tmp:
         ae_file = Path(tmp) / "ae.pt"
         save_atomic({"format": FORMAT, "step": 0, "config": ae_config.to_dict(), "ema": ae.state_dict()}, ae_file)
-        data = _digits(512, ae_config.sample_shape)
+        data = _synthetic_dataset(ae_config, 512)  # digit-shaped: the autoencoder's images
         configs = {"pixel": pixel, "latent (cached encoding)": latent.replace(autoencoder=str(ae_file), cache=True),
                    "latent (encoder every batch)": latent.replace(autoencoder=str(ae_file), cache=False),
                    "autoencoder": ae_config}
@@ -129,7 +121,7 @@ def _sampler(model, diffusion, config: Config, n: int, steps: int, device, preci
     def run():
         x = sample(model.eval(), diffusion, (n, *config.sample_shape), cond, sampler="dpmpp-2m", steps=steps,
                    guidance_scale=config.train.guidance, generator=torch.Generator(device).manual_seed(0),
-                   device=device, precision=precision, threshold="none" if first_stage is not None else "clip")
+                   device=device, precision=precision, **config.sampler_defaults)
         if first_stage is not None:
             with torch.no_grad():
                 first_stage.from_latents(x)

@@ -89,8 +89,8 @@ def _run_dir(args) -> Path:
 
 def train_config(args, run_dir: Path) -> Config:
     """The config to train: the preset with the flags; with --resume, the run's own config with the flags."""
-    if args.autoencoder is not None and (args.resume or PRESETS.get(args.preset or "mnist", None) is None
-                                         or PRESETS[args.preset or "mnist"].latent is None):
+    preset = PRESETS.get(args.preset or "mnist")
+    if args.autoencoder is not None and (args.resume or preset is None or preset.latent is None):
         latent = ", ".join(name for name, c in PRESETS.items() if c.latent is not None)
         raise UsageError(f"--autoencoder is for a new run of a latent preset ({latent}); a resumed run keeps its own")
     if not args.resume:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ddpm.datasets import ImageDataset, to_float, to_uint8
+from ddpm.datasets import ImageDataset, to_uint8
 from ddpm.metrics.classifier import classifier_features, load_or_train_classifier
 from ddpm.nn.autoencoder import Autoencoder, encode_moments, sample_posterior
 
@@ -24,14 +24,13 @@ __all__ = ["evaluate_autoencoder", "reconstruct", "psnr", "autoencoder_rows"]
 
 
 @torch.no_grad()
-def reconstruct(ae: Autoencoder, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """uint8 reconstructions decode(mean of q(z | x)) of uint8 images [N, C, H, W]."""
-    out = []
-    device = ae.latent_scale.device
-    for lo in range(0, len(images), batch_size):
-        mean, _ = ae.encode(to_float(images[lo:lo + batch_size]).to(device))
-        out.append(to_uint8(ae.decode(mean)).cpu())
-    return torch.cat(out)
+def reconstruct(ae: Autoencoder, images: torch.Tensor, batch_size: int = 500,
+                moments: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 reconstructions decode(mean of q(z | x)) of uint8 images [N, C, H, W]; moments: the images'
+    encode_moments when they are at hand already."""
+    moments = moments if moments is not None else encode_moments(ae, images, batch_size)
+    mean = moments[:, :ae.config.latent_channels].to(ae.latent_scale.device)
+    return torch.cat([to_uint8(ae.decode(mean[lo:lo + batch_size])).cpu() for lo in range(0, len(mean), batch_size)])
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -47,9 +46,9 @@ def evaluate_autoencoder(ae: Autoencoder, test: ImageDataset, root=None, n: int 
     if n < len(images):
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         images, labels = images[pick], labels[pick] if labels is not None else None
-    rec = reconstruct(ae, images)
-    p = psnr(rec, images)
     moments = encode_moments(ae, images)
+    rec = reconstruct(ae, images, moments=moments)
+    p = psnr(rec, images)
     mean, logvar = moments.chunk(2, dim=1)
     z = sample_posterior(moments, torch.Generator().manual_seed(seed))
     report = {

@@ -31,13 +31,13 @@ stored as a buffer, so it travels with the weights.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from ddpm._util import dataclass_from_dict, dataclass_to_dict
 from ddpm.nn.layers import Downsample, ResBlock, Upsample
 
 Reconstruction = Literal["l1", "l2"]
@@ -80,15 +80,11 @@ class AutoencoderConfig:
         return (self.latent_channels, side, side)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AutoencoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown AutoencoderConfig field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def _block(in_ch: int, out_ch: int, groups: int) -> ResBlock:
@@ -132,6 +128,10 @@ class Autoencoder(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """The reconstruction of an (unscaled) latent z: [B, C, H, W], about [-1, 1] (not clipped)."""
         return self.decoder(z)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """decode(posterior mean of x): the deterministic reconstruction (not clipped)."""
+        return self.decode(self.encode(x)[0])
 
     def to_latents(self, x: Tensor, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
         """What the latent DDPM sees: a posterior sample (or its mean) times latent_scale."""

@@ -8,12 +8,12 @@ state before every layer (not concatenated to the input), so a narrow network kn
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
+from ddpm._util import dataclass_from_dict, dataclass_to_dict
 from ddpm.nn.embeddings import timestep_embedding
 
 
@@ -32,14 +32,11 @@ class MLPConfig:
             raise ValueError(f"MLPConfig sizes must be >= 1, got {self}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MLPConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown MLPConfig field(s) {sorted(set(d) - known)}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 class MLP(nn.Module):

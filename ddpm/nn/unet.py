@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddpm._util import dataclass_from_dict, dataclass_to_dict
 from ddpm.nn.conditioning import MNIST_CAPTION_VOCAB, ClassConditioner, TextConditioner, Tokenizer
 from ddpm.nn.embeddings import TimestepEmbedding
 from ddpm.nn.layers import CrossAttention, Downsample, DownsamplePad, ResAttnBlock, ResBlock, SelfAttention, Upsample
@@ -157,16 +158,12 @@ class UNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
         """Inverse of ``to_dict``; missing keys take the defaults, unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown UNetConfig field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------------------------------------

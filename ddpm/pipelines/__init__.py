@@ -2,8 +2,13 @@
 
     latent    Stable Diffusion in miniature: a frozen autoencoder (ddpm.nn.autoencoder) around a DDPM on its
               scaled latents: the first stage a latent run trains with, its latents, the reconstruction grid
+    grids     the picture a training run draws of its progress, for every kind of run
+    data      the training data of a run: images (+ attributes), a toy's points, or cached latent moments
 """
 
+from ddpm.pipelines.data import training_loader
+from ddpm.pipelines.grids import training_grid
 from ddpm.pipelines.latent import attach_first_stage, reconstruction_rows, scaled_latents, store_latent_scale
 
-__all__ = ["attach_first_stage", "scaled_latents", "store_latent_scale", "reconstruction_rows"]
+__all__ = ["attach_first_stage", "scaled_latents", "store_latent_scale", "reconstruction_rows", "training_grid",
+           "training_loader"]

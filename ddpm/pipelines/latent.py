@@ -39,10 +39,11 @@ def attach_first_stage(config: Config, device) -> tuple[Autoencoder, Config]:
 
 
 @torch.no_grad()
-def scaled_latents(ae: Autoencoder, x: Tensor) -> Tensor:
-    """z ~ q(z | x) times latent_scale for a batch of images, or of posterior moments a loader cached
-    (2 x latent_channels channels: mean and log-variance). Draws from the global RNG, like the rest of a step."""
-    moments = x if x.shape[1] == 2 * ae.config.latent_channels else torch.cat(ae.encode(x), dim=1)
+def scaled_latents(ae: Autoencoder, x: Tensor, cached: bool) -> Tensor:
+    """z ~ q(z | x) times latent_scale for a batch of images, or (cached) of the posterior moments a loader
+    serves (2 x latent_channels channels: mean and log-variance). Draws from the global RNG, like the rest of
+    a step."""
+    moments = x if cached else torch.cat(ae.encode(x), dim=1)
     return sample_posterior(moments.float()) * ae.latent_scale
 
 
@@ -59,5 +60,5 @@ def store_latent_scale(models: Iterable[nn.Module], images: Tensor, measure_with
 def reconstruction_rows(ae: Autoencoder, images: Tensor, per_row: int = 8) -> Tensor:
     """Rows of digits alternating with rows of their reconstructions decode(posterior mean), in [-1, 1]."""
     x = to_float(images).to(ae.latent_scale.device) if images.dtype == torch.uint8 else images
-    rec = ae.decode(ae.encode(x)[0]).clamp(-1, 1)
+    rec = ae.reconstruct(x).clamp(-1, 1)
     return torch.cat([t for k in range(0, len(x), per_row) for t in (x[k:k + per_row], rec[k:k + per_row])])

@@ -1,0 +1,38 @@
+"""The training data of a run: the images of its dataset (with their style attributes when a text model has the
+words for them), a 2D toy's points, or, for a latent run, the images' posterior moments under its autoencoder,
+encoded once (``LatentConfig.cache``)."""
+
+from __future__ import annotations
+
+from ddpm.config import Config
+from ddpm.datasets import BatchLoader, ImageDataset, caption_vocabulary, load_dataset, toy2d, with_attributes
+from ddpm.nn.autoencoder import Autoencoder, encode_moments
+from ddpm.runtime import DistInfo
+
+__all__ = ["training_loader"]
+
+
+def training_loader(config: Config, batch_size: int, dist: DistInfo, dataset: ImageDataset | None = None,
+                    first_stage: Autoencoder | None = None) -> BatchLoader:
+    """This rank's BatchLoader of the config's training data (or of ``dataset``), batch_size per rank; images
+    that do not fit the network (or a latent run's autoencoder), or a conditional model without labels, raise."""
+    dc, tc = config.data, config.train
+    common = dict(shuffle=True, drop_last=True, seed=tc.seed, rank=dist.rank, world_size=dist.world_size)
+    if dc.dataset == "toy2d" and dataset is None:
+        return BatchLoader(toy2d(dc.toy, dc.toy_size, seed=tc.seed), batch_size, **common)
+    m = config.model
+    if dataset is None:
+        dataset = load_dataset(dc.dataset, split="train", root=dc.root)
+        # text runs put the digits' style into words, if their vocabulary has the words (older runs' do not)
+        if config.cond == "text" and set(caption_vocabulary(dc.dataset)) <= set(m.vocab):
+            dataset = with_attributes(dataset, root=dc.root)
+    image = first_stage.config if first_stage is not None else m  # what the images must fit
+    if (dataset.channels, dataset.image_size) != (image.in_channels, image.image_size):
+        raise ValueError(f"the {dataset.name} images are {dataset.channels}x{dataset.image_size}x"
+                         f"{dataset.image_size} but the model expects {image.in_channels}x{image.image_size}x"
+                         f"{image.image_size}; pick a preset made for this dataset")
+    if config.cond != "none" and dataset.labels is None:
+        raise ValueError(f"cond={config.cond!r} needs labels but the dataset {dataset.name} has none; use cond='none'")
+    if first_stage is not None and config.latent.cache:  # the encoder runs once, not every step
+        common["encoded"] = encode_moments(first_stage, dataset.images)
+    return BatchLoader(dataset, batch_size, hflip=dc.hflip, **common)
