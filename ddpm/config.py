@@ -26,7 +26,7 @@ Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "Config", "PRESETS", "get_preset",
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "SuperResConfig", "Config", "PRESETS", "get_preset",
            "resume_changes", "RESUMABLE_CHANGES", "with_conditioning", "MODEL_KINDS"]
 
 
@@ -39,9 +39,12 @@ class DataConfig:
     hflip: bool = False  # random horizontal flips (the paper's CIFAR-10 augmentation; not for digits)
     toy: str = "swiss-roll"  # for dataset="toy2d": see ddpm.datasets.TOY2D_NAMES
     toy_size: int = 20000  # points drawn for a 2D toy data set
+    image_size: int | None = None  # shrink the images to this side by area averaging (a cascade's base: 14)
 
     def __post_init__(self) -> None:
         check_mode(self.dataset, get_args(DatasetName), "dataset")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be a positive side length (or None), got {self.image_size}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,27 @@ class LatentConfig:
             raise ValueError(f"the latent scale must be positive, got {self.scale}")
 
 
+@dataclass(frozen=True)
+class SuperResConfig:
+    """The super-resolution stage of a cascade (ddpm.pipelines.cascade; Ho et al. 2021, Saharia et al. 2022).
+
+    The U-Net (``low_res_channels`` = 1) denoises the full-size image given the image shrunk to ``low_res`` (area
+    averaging, as the base model's data) and upsampled back (bicubic). Noise conditioning augmentation: in
+    training, each low-res input first goes through the forward process for s = round(a T) steps, with the
+    level a ~ U[0, aug_max] per image, and the network is told s; aug_max 0 trains without augmentation (the
+    ablation). Sampling picks a fixed level (--aug-level).
+    """
+
+    low_res: int = 14
+    aug_max: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.low_res < 1:
+            raise ValueError(f"low_res must be a positive side length, got {self.low_res}")
+        if not 0.0 <= self.aug_max <= 1.0:
+            raise ValueError(f"aug_max is a fraction of the forward process, in [0, 1], got {self.aug_max}")
+
+
 MODEL_KINDS = {"unet": UNetConfig, "mlp": MLPConfig, "autoencoder": AutoencoderConfig}
 
 
@@ -134,6 +158,16 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     latent: LatentConfig | None = None
+    super_res: SuperResConfig | None = None
+
+    def __post_init__(self) -> None:
+        low_res_channels = getattr(self.model, "low_res_channels", 0)
+        if (self.super_res is not None) != (low_res_channels > 0):
+            raise ValueError(f"a super-resolution run needs both super_res and a U-Net with low_res_channels > 0, "
+                             f"got super_res={self.super_res} and low_res_channels={low_res_channels}")
+        if self.super_res is not None and self.super_res.low_res >= self.model.image_size:
+            raise ValueError(f"super-resolution goes up: low_res {self.super_res.low_res} must be smaller than the "
+                             f"U-Net's image_size {self.model.image_size}")
 
     @property
     def model_kind(self) -> str:
@@ -168,6 +202,8 @@ class Config:
         }
         if self.latent is not None:
             d["latent"] = dataclasses.asdict(self.latent)
+        if self.super_res is not None:
+            d["super_res"] = dataclasses.asdict(self.super_res)
         return d
 
     @classmethod
@@ -181,14 +217,17 @@ class Config:
             diffusion=dataclass_from_dict(DiffusionConfig, d["diffusion"]),
             train=dataclass_from_dict(TrainConfig, _migrate_train(d["train"])),
             latent=dataclass_from_dict(LatentConfig, d["latent"]) if d.get("latent") is not None else None,
+            super_res=(dataclass_from_dict(SuperResConfig, d["super_res"]) if d.get("super_res") is not None
+                       else None),
         )
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with fields replaced; keys may name a section (data=..., model=...) or any field of
         TrainConfig, DataConfig, DiffusionConfig or the model config (e.g. steps=500, cond="text")."""
         sections = {"data": self.data, "model": self.model, "diffusion": self.diffusion, "train": self.train}
-        if self.latent is not None:
-            sections["latent"] = self.latent
+        for name in ("latent", "super_res"):
+            if getattr(self, name) is not None:
+                sections[name] = getattr(self, name)
         top = {}
         overrides = dict(overrides)
         if "cond" in overrides and isinstance(self.model, UNetConfig):
@@ -205,7 +244,7 @@ class Config:
             name = owners[0]
             sections[name] = dataclasses.replace(sections[name], **{key: value})
         sections.update({k: v for k, v in top.items() if k != "preset"})
-        return Config(preset=top.get("preset", self.preset), **{"latent": None, **sections})
+        return Config(preset=top.get("preset", self.preset), **{"latent": None, "super_res": None, **sections})
 
 
 # Settings that --resume may change: they do not alter the path of the optimization that is already done
@@ -218,7 +257,7 @@ def resume_changes(saved: Config, requested: Config) -> list[str]:
     """What ``requested`` changes in a run saved with ``saved``, as "name: old -> new" lines. Raises a
     ValueError naming every change that would make the resumed run a different training."""
     if (saved.model != requested.model or saved.diffusion != requested.diffusion or saved.data != requested.data
-            or saved.latent != requested.latent):
+            or saved.latent != requested.latent or saved.super_res != requested.super_res):
         raise ValueError(f"this run was trained with preset {saved.preset!r} and a different network, diffusion "
                          f"or data; resume it with the same settings, or start a new --name")
     old, new = saved.to_dict()["train"], requested.to_dict()["train"]
@@ -302,6 +341,17 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(**{**_MNIST_TRAIN, "steps": 600, "warmup": 50, "guidance": 1.0})),
     "mnist-latent": _latent("mnist-latent", "text", steps=4000, cond_lr_scale=0.1),
     "mnist-latent-class": _latent("mnist-latent-class", "class", steps=1500),
+    # A cascade (docs/results.md, "Cascade"): a text model of 14x14 digits (area-averaged), and a text-conditioned
+    # super-resolution model 14 -> 28 trained with noise conditioning augmentation; their steps are set by the
+    # time budget of the comparison with mnist-text (README: "Cascade")
+    "mnist-base14": Config(
+        preset="mnist-base14", data=DataConfig(dataset="mnist", image_size=14),
+        model=with_conditioning(UNET_PRESETS["mnist-14"], "text", "mnist"),
+        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 1800, "cond_lr_scale": 0.1})),
+    "mnist-sr28": Config(
+        preset="mnist-sr28", data=DataConfig(dataset="mnist"),
+        model=with_conditioning(UNET_PRESETS["mnist-sr28"], "text", "mnist"),
+        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 1200, "cond_lr_scale": 0.1}), super_res=SuperResConfig()),
     "tiny": Config(  # for tests: seconds on a CPU
         preset="tiny", data=DataConfig(dataset="mnist"),
         model=with_conditioning(UNET_PRESETS["tiny"], "class", "mnist"),

@@ -9,7 +9,8 @@ target eps, x0 or v of the config's parameterization (GaussianDiffusion.training
 step (config.train.optimizer) with gradient clipping, the learning-rate schedule, then the EMA update.
 The same loop trains the two stages of latent diffusion (ddpm.pipelines.latent): an autoencoder (its own loss,
 reconstruction + KL, and its latent scale measured when the run stops), and a DDPM whose x0 are the frozen
-autoencoder's scaled latents z ~ q(z | x) instead of the images.
+autoencoder's scaled latents z ~ q(z | x) instead of the images; and the super-resolution stage of a cascade
+(ddpm.pipelines.cascade), whose network also gets each image's noise-augmented low-res version.
 
 A run folder holds config.json, log.csv and loss_by_t.csv (ddpm.runlog), loss.png, samples/step_XXXXXX.png
 and checkpoint.pt (ddpm.checkpoints); every file is written atomically, and a lock file keeps a second
@@ -47,7 +48,14 @@ from ddpm.conditions import condition_for_labels
 from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
 from ddpm.datasets import Labels, captions_for
 from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
-from ddpm.pipelines import attach_first_stage, scaled_latents, store_latent_scale, training_grid, training_loader
+from ddpm.pipelines import (
+    attach_first_stage,
+    scaled_latents,
+    store_latent_scale,
+    training_grid,
+    training_loader,
+    training_model,
+)
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
 from ddpm.samplers import bf16_is_fast
@@ -162,11 +170,14 @@ class Trainer:
             x0 = scaled_latents(self.first_stage, x0, cached=self.config.latent.cache)
         if t is None and self.config.model_kind != "autoencoder":
             t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
+        net = self.net  # a super-resolution run's: with this batch's augmented low-res inputs (pipelines.cascade)
+        if self.config.super_res is not None:
+            net = training_model(self.net, self.diffusion, x0, self.config.super_res)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             if self.config.model_kind == "autoencoder":
                 losses = self.net(x0)
             else:
-                losses = self.diffusion.training_loss(self.net, x0, cond, t=t, noise=noise, reduction="none",
+                losses = self.diffusion.training_loss(net, x0, cond, t=t, noise=noise, reduction="none",
                                                       min_snr_gamma=self.config.diffusion.min_snr_gamma)
         loss = losses.mean()
         if not torch.isfinite(loss):
@@ -263,11 +274,11 @@ class Trainer:
     def write_samples(self) -> Path:
         """The EMA model's grid (ddpm.pipelines.training_grid): samples per class, a toy's points, or an
         autoencoder's reconstructions."""
-        images = getattr(self.loader.dataset, "images", None)
+        images, labels = (getattr(self.loader.dataset, k, None) for k in ("images", "labels"))
         return training_grid(self.config, self.ema.model, self.diffusion,
                              self.run_dir / "samples" / f"step_{self.step:06d}.png", step=self.step,
-                             label_names=self.label_names, images=images, first_stage=self.first_stage,
-                             device=self.device)
+                             label_names=self.label_names, images=images, labels=labels,
+                             first_stage=self.first_stage, device=self.device)
 
     # ------------------------------------------------------------------ the loop
     def _request_stop(self) -> None:

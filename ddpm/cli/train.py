@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cond", choices=("none", "class", "text"), help="conditioning (default: the preset's)")
     p.add_argument("--autoencoder", help="latent presets: the trained autoencoder (run folder or .pt) whose latents "
                                          "to model (default: the preset's, runs/mnist-autoencoder)")
+    p.add_argument("--aug-max", type=_fraction, help="super-resolution presets: the highest noise-augmentation "
+                                                    "level of the low-res input in training, in [0, 1] (0: none, "
+                                                    "the ablation; default: the preset's 0.5)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--sample-every", type=nonnegative_int,
                    help="write a sample grid every N steps (0: only at the end)")
@@ -74,7 +77,7 @@ def _overrides(args) -> dict:
         "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
         "compile": True if args.compile else None, "cond": args.cond,
         "cond_lr_scale": args.cond_lr_scale, "precision": args.precision,
-        "autoencoder": args.autoencoder}.items() if v is not None}
+        "autoencoder": args.autoencoder, "aug_max": args.aug_max}.items() if v is not None}
 
 
 def _run_dir(args) -> Path:
@@ -93,6 +96,9 @@ def train_config(args, run_dir: Path) -> Config:
     if args.autoencoder is not None and (args.resume or preset is None or preset.latent is None):
         latent = ", ".join(name for name, c in PRESETS.items() if c.latent is not None)
         raise UsageError(f"--autoencoder is for a new run of a latent preset ({latent}); a resumed run keeps its own")
+    if args.aug_max is not None and (args.resume or preset is None or preset.super_res is None):
+        sr = ", ".join(name for name, c in PRESETS.items() if c.super_res is not None)
+        raise UsageError(f"--aug-max is for a new run of a super-resolution preset ({sr})")
     if not args.resume:
         return get_preset(args.preset or "mnist", **_overrides(args))
     saved = Config.from_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"])
@@ -145,6 +151,9 @@ def run(args) -> int:
             print(f"samples: {summary['samples']}")
         if summary["interrupted"]:
             print(f"continue: python -m ddpm train --name {run_dir.name} --runs-dir {run_dir.parent} --resume")
+        elif trainer.config.super_res is not None:  # the second stage of a cascade
+            print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm sample --run runs/mnist-base14 "
+                  f"--refine {run_dir} --prompt \"a thick seven\"")
         elif trainer.config.model_kind == "autoencoder":  # a first stage: judge it, then train a DDPM on its latents
             print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm train --preset mnist-latent "
                   f"(its config names runs/mnist-autoencoder; another autoencoder: --autoencoder {run_dir})")

@@ -11,7 +11,7 @@ Everything a diffusion model trains on comes out of this package in one shape:
 A tour, in the order the data flows:
 
     base.py       DatasetError, DownloadError, DEFAULT_ROOT (the repository's data/ folder)
-    images.py     ImageDataset, to_float / to_uint8, load_image_folder (your own images)
+    images.py     ImageDataset, to_float / to_uint8, shrink (area averaging), load_image_folder (your own images)
     files.py      md5 checks (remembered per process), download: atomic, verified, mirror by mirror
     idx.py        IDX files: read_idx; MNIST and Fashion-MNIST (sources, load_mnist, load_fashion_mnist)
     cifar10.py    CIFAR-10, its pickles opened with a restricted unpickler
@@ -73,12 +73,22 @@ from ddpm.datasets.idx import (
     load_mnist,
     read_idx,
 )
-from ddpm.datasets.images import IMAGE_EXTENSIONS, ImageDataset, load_image_folder, to_float, to_uint8
+from ddpm.datasets.images import (
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    area_downsample,
+    load_image_folder,
+    shrink,
+    to_float,
+    to_uint8,
+)
 from ddpm.datasets.loader import BatchLoader, Labels
 from ddpm.datasets.registry import DATASET_NAMES, dataset_label_names, load_dataset
 from ddpm.datasets.toys import TOY2D_NAMES, toy2d
 
 __all__ = [
+    "area_downsample",
+    "shrink",
     "ATTRIBUTES",
     "ATTRIBUTE_WORDS",
     "HELD_OUT",

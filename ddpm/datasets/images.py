@@ -119,6 +119,22 @@ class ImageDataset:
         )
 
 
+def area_downsample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images [B, C, H, W] (floats) shrunk to size x size by averaging the pixels each output pixel covers."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+
+
+def shrink(dataset: ImageDataset, size: int) -> ImageDataset:
+    """The dataset with its images area-averaged to size x size (a cascade's low-resolution data), as uint8."""
+    if size > dataset.image_size:
+        raise ValueError(f"cannot shrink {dataset.image_size}x{dataset.image_size} images to {size}x{size}")
+    images = to_uint8(area_downsample(to_float(dataset.images), size))
+    return ImageDataset(images, dataset.labels, dataset.label_names, dataset.name, dataset.split, dataset.attributes)
+
+
+
 # ---------------------------------------------------------------------------------------------------
 # Your own images
 # ---------------------------------------------------------------------------------------------------

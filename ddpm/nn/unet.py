@@ -28,6 +28,11 @@ Presets (``UNET_PRESETS``; FLOPs = 2 x multiply-adds of one forward pass for one
   cross-attention at 7x7 as well).
 - ``"mnist-latent"``: for the 4x7x7 latents of the mnist autoencoder (ddpm.nn.autoencoder): one level at 7x7,
   ch 64, two res blocks, attention at 7x7 and in the middle.
+- ``"mnist-14"``: the base of a cascade, 1x14x14 (14 -> 7): ch 32, ch_mult (1, 2), two res blocks per level,
+  attention at 7x7 and in the middle.
+- ``"mnist-sr28"``: the super-resolution stage of a cascade, 14 -> 28: the ``"mnist"`` U-Net whose input is x_t
+  concatenated with the low-res digit upsampled to 28x28 (``low_res_channels=1``), and whose time embedding
+  also carries the low-res input's noise-augmentation level (a second sinusoidal embedding and MLP).
 - ``"tiny"``: for tests, 1x28x28, ch 8, ch_mult (1, 2), 41,609 parameters, 0.026 GFLOPs per image.
 """
 
@@ -97,6 +102,9 @@ class UNetConfig:
     text_heads: int = 4
     cross_attn_resolutions: tuple[int, ...] = ()  # text cross-attention at these resolutions
     cond_drop_prob: float = 0.1  # per-sample condition dropout for classifier-free guidance (train mode)
+    # super-resolution (a cascade's second stage): channels of the upsampled low-res image concatenated to x_t
+    # (0: none), and the embedding of its noise-augmentation level added to the time embedding
+    low_res_channels: int = 0
 
     def __post_init__(self) -> None:
         # Accept lists for tuple fields (e.g. from JSON or overrides) but store tuples: the config is frozen.
@@ -107,6 +115,8 @@ class UNetConfig:
         if self.downsample_pad not in get_args(DownsamplePad):
             raise ValueError(f"unknown downsample_pad {self.downsample_pad!r}; choose one of "
                              f"{get_args(DownsamplePad)}")
+        if self.low_res_channels < 0:
+            raise ValueError(f"low_res_channels must be >= 0, got {self.low_res_channels}")
         if self.in_channels < 1 or self.ch < 1 or self.num_res_blocks < 1 or not self.ch_mult:
             raise ValueError(
                 f"in_channels, ch and num_res_blocks must be >= 1 and ch_mult non-empty, got "
@@ -190,7 +200,9 @@ class UNet(nn.Module):
             self.conditioner = TextConditioner(
                 Tokenizer(c.vocab), c.max_prompt_len, c.text_dim, c.text_layers, c.text_heads, self.emb_dim
             )
-        self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
+        # super-resolution: the low-res image enters beside x_t, its augmentation level beside t
+        self.aug_embed = TimestepEmbedding(c.ch, self.emb_dim) if c.low_res_channels else None
+        self.conv_in = nn.Conv2d(c.in_channels + c.low_res_channels, c.ch, 3, padding=1)
         skip_chs, ch = self._build_down()
         # Middle block at the lowest resolution: res, self-attention (always, as in the paper), res.
         low = c.resolutions[-1]
@@ -299,16 +311,40 @@ class UNet(nn.Module):
             raise ValueError(f"t must have shape [B] = [{B}] (or be a scalar), got {tuple(t.shape)}")
         return t
 
-    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+    def _low_res_input(self, x: Tensor, low_res: Tensor | None, aug_t: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(x_t with the low-res image concatenated on the channel axis, the embedding of its augmentation
+        level [B, 4ch]) for a super-resolution U-Net; (x, None) for any other."""
+        c = self.config
+        if not c.low_res_channels:
+            if low_res is not None or aug_t is not None:
+                raise ValueError("this U-Net takes no low-res image (low_res_channels=0); build it with "
+                                 "low_res_channels=C for super-resolution")
+            return x, None
+        want = (x.shape[0], c.low_res_channels, *x.shape[2:])
+        if low_res is None or aug_t is None or tuple(low_res.shape) != want:
+            got = None if low_res is None else tuple(low_res.shape)
+            raise ValueError(f"this super-resolution U-Net needs low_res of shape {want} (the low-res image "
+                             f"upsampled to x_t's size) and aug_t [B], got low_res {got}, aug_t "
+                             f"{None if aug_t is None else tuple(torch.as_tensor(aug_t).shape)}")
+        aug_t = torch.as_tensor(aug_t, device=x.device).expand(x.shape[0])
+        return torch.cat([x, low_res.to(x.dtype)], dim=1), self.aug_embed(aug_t)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None, low_res: Tensor | None = None,
+                aug_t: Tensor | None = None) -> Tensor:
         """x [B, C, H, W], t [B] (int64 indices 0..T-1, or float), cond -> [B, C, H, W].
 
         cond: None = the learned null condition for every sample (unconditional); for cond="class" a
         LongTensor [B] of labels (-1 = null for that sample); for cond="text" a list of B prompts
         ("" = null) or a LongTensor [B, L] of token ids. In train mode each sample's condition is replaced by
         the null one with probability ``config.cond_drop_prob`` (classifier-free guidance training).
+        low_res, aug_t (super-resolution U-Nets only, ``low_res_channels`` > 0): the low-res image upsampled to
+        [B, low_res_channels, H, W] and its noise-augmentation step [B] (0: clean; ddpm.pipelines.cascade).
         """
         t = self._check_inputs(x, t)
+        x, aug_emb = self._low_res_input(x, low_res, aug_t)
         emb = self.time_embed(t)  # [B, 4ch]
+        if aug_emb is not None:
+            emb = emb + aug_emb
         context = mask = None
         if self.conditioner is None:
             if cond is not None:
@@ -368,6 +404,10 @@ UNET_PRESETS: dict[str, UNetConfig] = {
         in_channels=4, image_size=7, ch=64, ch_mult=(1,), num_res_blocks=2, attn_resolutions=(7,), dropout=0.0,
         num_groups=8,
     ),
+    # a cascade (ddpm.pipelines.cascade): the base at 14x14 (two levels, 14 -> 7), and the super-resolution
+    # 14 -> 28 model, the mnist U-Net with the upsampled low-res digit as a second input channel
+    "mnist-14": dataclasses.replace(_MNIST, image_size=14, ch_mult=(1, 2), num_res_blocks=2),
+    "mnist-sr28": dataclasses.replace(_MNIST, low_res_channels=1),
     "tiny": UNetConfig(
         in_channels=1, image_size=28, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
         dropout=0.0, num_groups=4,

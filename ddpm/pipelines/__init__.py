@@ -2,13 +2,16 @@
 
     latent    Stable Diffusion in miniature: a frozen autoencoder (ddpm.nn.autoencoder) around a DDPM on its
               scaled latents: the first stage a latent run trains with, its latents, the reconstruction grid
+    cascade   Imagen in miniature: a base model of small images and a super-resolution model that refines them
+              (noise conditioning augmentation of its low-res input, the Refiner that runs it after the base)
     grids     the picture a training run draws of its progress, for every kind of run
     data      the training data of a run: images (+ attributes), a toy's points, or cached latent moments
 """
 
+from ddpm.pipelines.cascade import Refiner, check_cascade, training_model
 from ddpm.pipelines.data import training_loader
 from ddpm.pipelines.grids import training_grid
 from ddpm.pipelines.latent import attach_first_stage, reconstruction_rows, scaled_latents, store_latent_scale
 
 __all__ = ["attach_first_stage", "scaled_latents", "store_latent_scale", "reconstruction_rows", "training_grid",
-           "training_loader"]
+           "training_loader", "Refiner", "check_cascade", "training_model"]

@@ -1,11 +1,11 @@
 """The training data of a run: the images of its dataset (with their style attributes when a text model has the
-words for them), a 2D toy's points, or, for a latent run, the images' posterior moments under its autoencoder,
+words for them; shrunk to DataConfig.image_size for a cascade's base), a 2D toy's points, or, for a latent run, the images' posterior moments under its autoencoder,
 encoded once (``LatentConfig.cache``)."""
 
 from __future__ import annotations
 
 from ddpm.config import Config
-from ddpm.datasets import BatchLoader, ImageDataset, caption_vocabulary, load_dataset, toy2d, with_attributes
+from ddpm.datasets import BatchLoader, ImageDataset, caption_vocabulary, load_dataset, shrink, toy2d, with_attributes
 from ddpm.nn.autoencoder import Autoencoder, encode_moments
 from ddpm.runtime import DistInfo
 
@@ -25,7 +25,9 @@ def training_loader(config: Config, batch_size: int, dist: DistInfo, dataset: Im
         dataset = load_dataset(dc.dataset, split="train", root=dc.root)
         # text runs put the digits' style into words, if their vocabulary has the words (older runs' do not)
         if config.cond == "text" and set(caption_vocabulary(dc.dataset)) <= set(m.vocab):
-            dataset = with_attributes(dataset, root=dc.root)
+            dataset = with_attributes(dataset, root=dc.root)  # measured on the full-size digits
+    if dc.image_size is not None and dataset.image_size > dc.image_size:  # a cascade's base: area-averaged
+        dataset = shrink(dataset, dc.image_size)
     image = first_stage.config if first_stage is not None else m  # what the images must fit
     if (dataset.channels, dataset.image_size) != (image.in_channels, image.image_size):
         raise ValueError(f"the {dataset.name} images are {dataset.channels}x{dataset.image_size}x"

@@ -1,6 +1,7 @@
 """The picture a training run draws of its progress (samples/step_XXXXXX.png), for every kind of run: one row
 of samples per class from a diffusion model (DDIM, guided; a latent run's decoded by its autoencoder), points
-from a 2D toy model, or digits above their reconstructions for an autoencoder."""
+from a 2D toy model, digits above their reconstructions for an autoencoder, or for a super-resolution model
+training digits shrunk, refined, and as they were."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddpm.checkpoints import LoadedRun
+from ddpm.conditions import condition_for_labels
 from ddpm.config import Config
+from ddpm.datasets import area_downsample, to_float
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.nn.autoencoder import Autoencoder
+from ddpm.pipelines.cascade import Refiner
 from ddpm.pipelines.latent import reconstruction_rows
 from ddpm.samplers import ddim_sample
 from ddpm.viz import class_grid, plot_points, save_grid
@@ -23,12 +28,23 @@ __all__ = ["training_grid"]
 @torch.no_grad()
 def training_grid(config: Config, model: nn.Module, diffusion: GaussianDiffusion, path: Path, *, step: int,
                   label_names: Sequence[str], images: torch.Tensor | None = None,
-                  first_stage: Autoencoder | None = None, device=None) -> Path:
-    """Write the grid of ``model`` (the EMA weights) to path. images: training images (uint8), which an
-    autoencoder's grid reconstructs (the first 32); first_stage: a latent run's autoencoder."""
+                  labels: torch.Tensor | None = None, first_stage: Autoencoder | None = None, device=None) -> Path:
+    """Write the grid of ``model`` (the EMA weights) to path. images, labels: training images (uint8) and their
+    labels, which an autoencoder's grid reconstructs (the first 32) and a super-resolution model's refines (the
+    first 8); first_stage: a latent run's autoencoder."""
     tc, m = config.train, config.model
     if config.model_kind == "autoencoder":
         return save_grid(reconstruction_rows(model, images[:32]), path, nrow=8)
+    if config.super_res is not None:
+        x = to_float(images[:8]).to(device)
+        low = area_downsample(x, config.super_res.low_res)
+        cond = condition_for_labels(m.cond, labels[:8], label_names, config.data.dataset)
+        run = LoadedRun(model, diffusion, config, step, path)
+        refiner = Refiner(run, sampler="ddim", steps=tc.sample_steps, guidance=tc.guidance)
+        refined = refiner(low, cond.to(device) if isinstance(cond, torch.Tensor) else cond,
+                          torch.Generator(device).manual_seed(1234))
+        nearest = torch.nn.functional.interpolate(low, size=x.shape[-2:], mode="nearest")
+        return save_grid(torch.cat([nearest, refined.clamp(-1, 1), x]), path, nrow=8)
     if config.model_kind == "mlp":
         g = torch.Generator(device).manual_seed(1234)
         x = ddim_sample(model, diffusion, (2000, m.dim), steps=tc.sample_steps, generator=g, device=device,

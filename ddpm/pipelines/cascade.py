@@ -1,0 +1,142 @@
+"""A cascade (Ho et al. 2021, "Cascaded Diffusion Models"; Saharia et al. 2022, Imagen): a base model generates
+small images and a super-resolution diffusion model refines them. Both stages are ordinary runs: the same
+GaussianDiffusion, U-Net, samplers, Trainer and checkpoints; the second one's U-Net (``low_res_channels`` = 1)
+also sees the low-res image, and how noisy that image was made.
+
+    training (SR)  x (28x28) -> low = area average to 14x14 -> up = bicubic back to 28x28
+                   -> noise conditioning augmentation: z_s = q(z_s | up) = sqrt(abar_s) up + sqrt(1 - abar_s) eps
+                      after s = round(a T) steps of the SR model's own forward process, a ~ U[0, aug_max] per
+                      image (s = 0: the clean image)
+                   -> L_simple on x with eps_theta([x_t, z_s], t, s, prompt)  (prompt dropped 10% for guidance)
+    sampling       base sample (14x14) -> up -> z_s at one fixed level a -> any sampler on the SR model -> 28x28
+
+Why augment: in training the SR model sees low-res images made from real digits; in a cascade it gets the base
+model's samples, which differ from those in ways it has never seen. Noise hides the difference, the model learns
+to rely less on fine low-res detail, and telling it s lets it know how much to trust the input (Ho et al.
+2021, Sec. 4.1). What it does here: docs/results.md, "Cascade". Classifier-free guidance drops only the prompt:
+the low-res image is part of the model's input (``WithLowRes``), the same in the conditional and null calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddpm.checkpoints import LoadedRun
+from ddpm.config import SuperResConfig
+from ddpm.datasets import area_downsample
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.samplers import default_steps, sample
+
+__all__ = ["upsample", "low_res_input", "aug_steps", "noise_augment", "WithLowRes", "training_model", "Refiner",
+           "check_cascade", "DEFAULT_AUG_LEVEL"]
+
+DEFAULT_AUG_LEVEL = 0.1  # sampling: Imagen's best samples used 0.1-0.3; measured here in docs/results.md, "Cascade"
+
+
+def upsample(x: Tensor, size: int) -> Tensor:
+    """Images [B, C, h, w] in [-1, 1] enlarged to size x size by bicubic interpolation (clamped to [-1, 1])."""
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+
+
+def low_res_input(x: Tensor, low_res: int) -> Tensor:
+    """What the SR model is given for full-size images x: x area-averaged to low_res, bicubic back to x's size."""
+    return upsample(area_downsample(x, low_res), x.shape[-1])
+
+
+def aug_steps(level: float | Tensor, T: int) -> Tensor:
+    """The augmentation level a in [0, 1] as a number of forward steps s = round(a T) (0: no augmentation)."""
+    level = torch.as_tensor(level, dtype=torch.float64)
+    if not bool(((level >= 0) & (level <= 1)).all()):
+        raise ValueError(f"augmentation levels are in [0, 1] (a fraction of the forward process), got {level}")
+    return torch.round(level * T).long()
+
+
+def noise_augment(diffusion: GaussianDiffusion, x: Tensor, s: Tensor,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """z_s ~ q(z_s | x) (Eq. 4 with x as z_0) after s [B] forward steps; s = 0 leaves the image as it is."""
+    s = s.to(x.device)
+    noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    noisy = diffusion.q_sample(x, (s - 1).clamp(min=0), noise)  # index s - 1 is the paper's step s
+    return torch.where((s > 0).view(-1, 1, 1, 1), noisy, x)
+
+
+class WithLowRes:
+    """model(x_t, t, cond) of a super-resolution U-Net with its (augmented) low-res input fixed: the callable
+    that L_simple and every sampler expect. A call on a stacked batch [x_t; x_t] (batched guidance) gets the
+    low-res input repeated to match."""
+
+    def __init__(self, net, low_res: Tensor, aug_s: Tensor):
+        self.net, self.low_res, self.aug_s = net, low_res, aug_s
+
+    def __call__(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        k = x_t.shape[0] // self.low_res.shape[0]
+        return self.net(x_t, t, cond, low_res=self.low_res.repeat(k, 1, 1, 1), aug_t=self.aug_s.repeat(k))
+
+
+def training_model(net, diffusion: GaussianDiffusion, x0: Tensor, sr: SuperResConfig) -> WithLowRes:
+    """The SR network for one training batch x0: each image's low-res input augmented to a level a ~ U[0,
+    aug_max] (drawn from the global RNG, like the rest of a step)."""
+    level = torch.rand(x0.shape[0], device=x0.device) * sr.aug_max
+    s = aug_steps(level.cpu(), diffusion.T).to(x0.device)
+    return WithLowRes(net, noise_augment(diffusion, low_res_input(x0, sr.low_res), s), s)
+
+
+@dataclass
+class Refiner:
+    """The second stage of a cascade, ready to refine: a loaded super-resolution run and how to sample it.
+
+    ``refiner(low, cond, generator)``: low-res images [B, C, low, low] in [-1, 1] (a base model's samples, or
+    real digits shrunk) and their conditions -> refined images [B, C, H, W]. guidance None: the SR run's own
+    (train.guidance); options: the sampler's keyword arguments (threshold, spacing, precision, ...)."""
+
+    run: LoadedRun
+    aug_level: float = DEFAULT_AUG_LEVEL
+    sampler: str = "dpmpp-2m"
+    steps: int | None = None
+    guidance: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.run.config.super_res is None:
+            raise ValueError(f"{self.run.path} is not a super-resolution model (preset {self.run.config.preset!r}); "
+                             f"--refine takes one trained with --preset mnist-sr28")
+        aug_steps(self.aug_level, self.run.diffusion.T)  # checks the range
+
+    @property
+    def low_res(self) -> int:
+        return self.run.config.super_res.low_res
+
+    @torch.no_grad()
+    def __call__(self, low: Tensor, cond=None, generator: torch.Generator | None = None) -> Tensor:
+        run, size = self.run, self.run.config.model.image_size
+        device = run.diffusion.betas.device
+        if tuple(low.shape[-2:]) != (self.low_res, self.low_res):
+            raise ValueError(f"{run.path} refines {self.low_res}x{self.low_res} images, got "
+                             f"{low.shape[-2]}x{low.shape[-1]}")
+        s = aug_steps(self.aug_level, run.diffusion.T).expand(low.shape[0]).to(device)
+        z = noise_augment(run.diffusion, upsample(low.to(device).float(), size), s, generator)
+        guidance = self.guidance if self.guidance is not None else run.config.train.guidance
+        return sample(WithLowRes(run.model, z, s), run.diffusion, (low.shape[0], *run.shape), cond,
+                      sampler=self.sampler, steps=self.steps or default_steps(self.sampler, run.diffusion.T),
+                      guidance_scale=guidance if cond is not None else None,
+                      generator=generator, device=device, **run.sampler_options(self.options))
+
+
+def check_cascade(base: LoadedRun, sr: LoadedRun) -> None:
+    """One line on why two runs do not make a cascade (the base's images are not the SR model's low-res input,
+    or they take different conditions); nothing when they do."""
+    if sr.config.super_res is None:
+        raise ValueError(f"{sr.path} is not a super-resolution model; --refine takes one trained with "
+                         f"--preset mnist-sr28")
+    want = (sr.config.model.in_channels, sr.config.super_res.low_res, sr.config.super_res.low_res)
+    if tuple(base.image_shape) != want:
+        raise ValueError(f"{base.path} makes {'x'.join(map(str, base.image_shape))} images but {sr.path} refines "
+                         f"{'x'.join(map(str, want))} ones; use a base trained with --preset mnist-base14")
+    if sr.cond != "none" and base.cond != sr.cond:
+        raise ValueError(f"{base.path} is conditioned on {base.cond} but {sr.path} on {sr.cond}: the cascade passes "
+                         f"the base's condition to both stages")
