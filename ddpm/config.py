@@ -26,7 +26,8 @@ Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "SuperResConfig", "Config", "PRESETS", "get_preset",
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "SuperResConfig", "Config", "PRESETS",
+           "get_preset",
            "resume_changes", "RESUMABLE_CHANGES", "with_conditioning", "MODEL_KINDS"]
 
 

@@ -10,7 +10,14 @@ import argparse
 import json
 
 from ddpm._util import write_text_atomic
-from ddpm.bench import compare_latent, format_bench, format_latent_comparison, run_bench
+from ddpm.bench import (
+    compare_cascade,
+    compare_latent,
+    format_bench,
+    format_cascade_comparison,
+    format_latent_comparison,
+    run_bench,
+)
 from ddpm.cli.common import UsageError, add_device_flags, check_output, positive_int, setup_device
 from ddpm.config import PRESETS
 
@@ -19,7 +26,8 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(PRESETS)} (default: mnist; a latent preset "
-                                                     "is measured side by side with the pixel mnist-text)")
+                                                     "is measured side by side with the pixel mnist-text, and so is "
+                                                     "either stage of the cascade, with both)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="training batch (default: the preset's)")
     p.add_argument("--sample-batch", type=positive_int, default=64, help="sampling batch (default 64)")
     add_device_flags(p)
@@ -45,6 +53,16 @@ def run(args) -> int:
                          f"mnist-latent measures it beside the latent and the pixel models")
     out = check_output(args.out, (".json",), "--out")
     device = setup_device(args)
+    cascade = PRESETS[args.preset].super_res is not None or PRESETS[args.preset].data.image_size is not None
+    if cascade:  # a stage of a cascade: both stages side by side with the single-stage text model
+        result = compare_cascade(device=device, batch_size=args.batch_size, n=args.sample_batch,
+                                 repeats=1 if args.quick else 3,
+                                 train_repeats=args.train_steps or (1 if args.quick else 5),
+                                 progress=lambda s: print(f"... {s}", flush=True))
+        print(format_cascade_comparison(result))
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     if PRESETS[args.preset].latent is not None:  # a latent preset: side by side with the pixel text model
         result = compare_latent(args.preset, "mnist-text", device=device, batch_size=args.batch_size,
                                 n=args.sample_batch, repeats=1 if args.quick else 3,

@@ -2,7 +2,9 @@
 
 Bits/dim of test images under the variational bound, with its terms (prior, decoder, KL by range of t).
 A latent model's samples are decoded by its autoencoder before they are judged (it has no bits/dim); an
-autoencoder is judged by its reconstructions (PSNR, the classifier on them, its latents' statistics).
+autoencoder is judged by its reconstructions (PSNR, the classifier on them, its latents' statistics). A cascade's
+base is judged through its super-resolution stage (--refine; several --aug-level values compare them on the
+same base samples); a super-resolution model by refining shrunk test digits, against bicubic upsampling.
 For MNIST-like data, samples judged by a small classifier: conditional accuracy, and a Frechet distance of
 its features beside the real-data floor (not the Inception FID of the literature). For CIFAR-10, Inception
 FID when pytorch-fid and its weights are installed. The report goes to <run>/eval.json unless --out.
@@ -15,8 +17,25 @@ import json
 from pathlib import Path
 
 from ddpm._util import write_text_atomic
+from ddpm.checkpoints import load_run
 from ddpm.cli import common
-from ddpm.metrics import evaluate_run, format_report, format_sweep, quality_sweep, report_path
+from ddpm.cli.refine import (
+    DEFAULT_BASE_RUN,
+    PRETRAINED_BASE,
+    add_refine_flags,
+    check_stages,
+    load_refiner,
+    resolve_stage,
+)
+from ddpm.metrics import (
+    cascade_sweep,
+    evaluate_run,
+    format_cascade_sweep,
+    format_report,
+    format_sweep,
+    quality_sweep,
+    report_path,
+)
 from ddpm.viz import plot_quality_vs_calls
 
 __all__ = ["add_arguments", "run"]
@@ -47,24 +66,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                       "data/classifiers/<dataset>.pt, trained on first use)")
     p.add_argument("--out", default=None, help="JSON report (default: <run>/eval.json)")
     p.add_argument("--seed", type=common.nonnegative_int, default=0)
+    add_refine_flags(p, several=True)
     common.add_device_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    run_path = common.resolve_run(args.run)
+    if args.refine is not None:  # a cascade: the base is runs/mnist-base14 or the shipped one
+        run_path = resolve_stage(args.run, DEFAULT_BASE_RUN, PRETRAINED_BASE, "mnist-base14")
+    else:
+        run_path = common.resolve_run(args.run)
     if len(args.sampler) * len(args.steps or [None]) > 1:
+        if args.refine is not None or args.aug_level:
+            raise common.UsageError("a sampler/steps sweep takes one model: drop --refine and --aug-level")
         return _sweep(args, run_path)
+    levels = args.aug_level or []
+    if args.refine is not None and len(levels) > 1:
+        return _aug_sweep(args, run_path)
     out = common.check_output(args.out if args.out is not None else report_path(run_path), (".json",), "--out")
     device = common.setup_device(args)
     steps, options = common.sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
+    refiner = None
+    if args.refine is not None:
+        refiner = load_refiner(args, device, steps, options, levels[0] if levels else None)
+        check_stages(load_run(run_path, device=device), refiner)
     report = evaluate_run(run_path, n_samples=args.n_samples, sampler=args.sampler[0], steps=steps, options=options,
                           guidance=args.guidance, bpd_images=args.bpd_images, bpd_batch_size=args.bpd_batch_size,
                           bpd_timesteps=args.bpd_timesteps, sample_batch_size=args.sample_batch_size,
                           seed=args.seed, device=device, classifier=args.classifier, out=out,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, refine=refiner, aug_levels=levels or None)
     print(format_report(report))
     print(f"wrote {report['path']}")
+    return 0
+
+
+def _aug_sweep(args, run_path: Path) -> int:
+    """A cascade at several augmentation levels: the same base samples refined at each (no bits/dim)."""
+    folder = run_path if run_path.is_dir() else Path(".")
+    out = common.check_output(args.out if args.out is not None else folder / "eval_aug_sweep.json", (".json",),
+                              "--out")
+    if args.n_samples < 2:
+        raise common.UsageError("an augmentation sweep needs --n-samples of at least 2")
+    device = common.setup_device(args)
+    steps, options = common.sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
+    refiner = load_refiner(args, device, steps, options)
+    base = load_run(run_path, device=device)
+    check_stages(base, refiner)
+    result = cascade_sweep(base, refiner.run, args.aug_level, n=args.n_samples, sampler=args.sampler[0], steps=steps,
+                           guidance=args.guidance, options=options, classifier=args.classifier, seed=args.seed,
+                           batch_size=args.sample_batch_size, progress=not args.no_progress)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    print(format_cascade_sweep(result))
+    print(f"wrote {out}")
     return 0
 
 

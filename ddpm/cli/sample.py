@@ -1,4 +1,7 @@
-"""Sample from a trained run (EMA weights) and write an image grid; optionally the reverse process as a GIF."""
+"""Sample from a trained run (EMA weights) and write an image grid; optionally the reverse process as a GIF.
+
+With --refine, a cascade: the base run's small samples and their refinements by a super-resolution run, side by
+side; with --refine and --from-test, real test digits shrunk, refined, and as they were (ddpm.cli.refine)."""
 
 from __future__ import annotations
 
@@ -23,8 +26,18 @@ from ddpm.cli.common import (
     setup_device,
     vocabulary_text,
 )
+from ddpm.cli.refine import (
+    DEFAULT_BASE_RUN,
+    PRETRAINED_BASE,
+    add_refine_flags,
+    check_stages,
+    load_refiner,
+    resolve_stage,
+)
+from ddpm.conditions import condition_for_labels
+from ddpm.datasets import area_downsample, load_dataset, to_float
 from ddpm.samplers import sample
-from ddpm.viz import decode_steps, reverse_trajectory, save_grid, save_reverse_animation
+from ddpm.viz import decode_steps, reverse_trajectory, save_grid, save_panels, save_reverse_animation
 
 __all__ = ["add_arguments", "run"]
 
@@ -42,14 +55,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory", help="also write the reverse process as an animated GIF to this path")
     p.add_argument("--out", help="output PNG (default: <run>/samples/sample_<sampler>_seed<seed>.png)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    add_refine_flags(p)
+    p.add_argument("--from-test", action="store_true", help="with --refine: refine --n real test digits (a random "
+                                                             "set, by --seed) shrunk to the low resolution, beside "
+                                                             "bicubic upsampling and the originals")
     add_device_flags(p)
 
 
-def _outputs(args, loaded) -> tuple[Path, Path | None]:
+def _outputs(args, loaded, kind: str = "sample") -> tuple[Path, Path | None]:
     """The grid's and the GIF's paths, checked before any sampling."""
     # a run folder gets its samples/ sub-folder; an exported model file writes to ./samples/
     run_dir = loaded.path.parent if loaded.path.name == CHECKPOINT_NAME else Path(".")
-    out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{args.sampler}_seed{args.seed}.png"
+    out = Path(args.out) if args.out else run_dir / "samples" / f"{kind}_{args.sampler}_seed{args.seed}.png"
     out = check_output(out, (".png",), "--out")
     gif = check_output(args.trajectory, (".gif",), "--trajectory") if args.trajectory else None
     if gif is not None and gif.resolve() == out.resolve():
@@ -57,20 +74,63 @@ def _outputs(args, loaded) -> tuple[Path, Path | None]:
     return out, gif
 
 
+def _check_cascade_flags(args) -> None:
+    if args.refine is None:
+        for flag, given in (("--from-test", args.from_test), ("--aug-level", args.aug_level is not None)):
+            if given:
+                raise UsageError(f"{flag} is for refining with a super-resolution model: add --refine [SR_RUN]")
+        return
+    if args.trajectory:
+        raise UsageError("--trajectory records one model's reverse process; with --refine see notebook "
+                         "10_cascade_and_refinement for the super-resolution stage's")
+    if args.from_test and (args.run or args.prompt is not None or args.klass is not None or args.vocabulary):
+        raise UsageError("--from-test refines real test digits with their own classes: drop --run, --prompt, "
+                         "--class and --vocabulary")
+
+
+def _refine_test_digits(args, device) -> int:
+    """Real test digits shrunk, refined, and as they were, side by side."""
+    steps, options = sampler_options(args, None)
+    refiner = load_refiner(args, device, steps, options, args.aug_level)
+    run = refiner.run
+    out, _ = _outputs(args, run, "refine_test")
+    test = load_dataset(run.config.data.dataset, "test", root=run.config.data.root)
+    n = min(args.n or 64, len(test))
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:n]
+    x = to_float(test.images[pick]).to(device)
+    low = area_downsample(x, refiner.low_res)
+    cond = condition_for_labels(run.cond, test.labels[pick], run.label_names, run.config.data.dataset)
+    refined = refiner(low, cond.to(device) if isinstance(cond, torch.Tensor) else cond,
+                      torch.Generator(device).manual_seed(args.seed))
+    path = save_panels([low, refined, x], out, nrow=8, titles=("low-res", "refined", "original"))
+    print(f"wrote {n} test digits shrunk to {refiner.low_res}x{refiner.low_res}, refined by {run.path} (aug level "
+          f"{refiner.aug_level:g}), and the originals: {path}")
+    return 0
+
+
 def run(args) -> int:
     device = setup_device(args)
     if args.out:
         check_output(args.out, (".png",), "--out")  # before loading anything
+    _check_cascade_flags(args)
+    if args.from_test:
+        return _refine_test_digits(args, device)
     text = args.prompt is not None or args.vocabulary  # without --run: the text model (runs/mnist-text or shipped)
-    loaded = load_image_run(args.run, device, use_ema=not args.no_ema, text=text)
+    run_arg = args.run
+    if args.refine is not None:  # a cascade: the base is runs/mnist-base14 or the shipped one
+        run_arg = str(resolve_stage(args.run, DEFAULT_BASE_RUN, PRETRAINED_BASE, "mnist-base14"))
+    loaded = load_image_run(run_arg, device, use_ema=not args.no_ema, text=text)
     if args.vocabulary:
         print(vocabulary_text(loaded))
         return 0
-    out, gif = _outputs(args, loaded)
+    out, gif = _outputs(args, loaded, "cascade" if args.refine is not None else "sample")
     cond, n, nrow = resolve_condition(loaded, args.n, args.klass, args.prompt)
     if isinstance(cond, torch.Tensor):
         cond = cond.to(device)
     steps, options = sampler_options(args, loaded.diffusion.T)
+    refiner = load_refiner(args, device, steps, options, args.aug_level) if args.refine is not None else None
+    if refiner is not None:
+        check_stages(loaded, refiner)
     if loaded.first_stage is not None and args.threshold not in (None, "none"):
         print(f"note: --threshold {args.threshold} treats the predicted x_0 as pixels in [-1, 1]; this model's are "
               f"latents (its default is none)", flush=True)
@@ -89,7 +149,15 @@ def run(args) -> int:
             steps_kept = decode_steps(steps_kept, loaded.decode)
     else:
         x0 = sample(loaded.model, loaded.diffusion, shape, cond, sampler=args.sampler, **kwargs)
-    path = save_grid(loaded.decode(x0), out, nrow=nrow)  # a latent run's samples are decoded
+    images = loaded.decode(x0)  # a latent run's samples are decoded
+    if refiner is not None:  # the second stage, with the same conditions and the same generator
+        refined = refiner(images, cond, kwargs["generator"])
+        path = save_panels([images, refined], out, nrow=nrow, titles=("base", "refined"))
+        print(f"wrote {n} {images.shape[-1]}x{images.shape[-1]} samples of {loaded.path} and their refinements "
+              f"by {refiner.run.path} (aug level {refiner.aug_level:g}), side by side ({args.sampler}, {steps} "
+              f"steps each): {path}")
+        return 0
+    path = save_grid(images, out, nrow=nrow)
     print(f"wrote {n} samples ({args.sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "
           f"from step {loaded.step} of {loaded.path}: {path}")
     if gif is not None:

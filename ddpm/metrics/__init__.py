@@ -24,7 +24,9 @@ Two families of numbers:
     classifier.py   SmallCNN, training and caching it, its features, conditional accuracy
     frechet.py      feature statistics, the Frechet distance, Inception FID (optional dependencies)
     evaluate.py     bits/dim of a dataset, class-balanced samples, evaluate_run and its report table
-    sweep.py        quality per model call: several samplers and step counts, judged alike
+    super_res.py    a cascade's super-resolution model on real digits shrunk: PSNR, accuracy, Frechet vs bicubic
+    sweep.py        quality per model call: several samplers and step counts, judged alike; a cascade per
+                    augmentation level
 
 The command ``python -m ddpm evaluate`` lives in ``ddpm.cli.evaluate``.
 """
@@ -51,10 +53,12 @@ from ddpm.metrics.evaluate import (
     sample_conditions,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
-from ddpm.metrics.sweep import format_sweep, quality_sweep
+from ddpm.metrics.super_res import evaluate_super_res
+from ddpm.metrics.sweep import cascade_sweep, format_cascade_sweep, format_sweep, quality_sweep
 
 __all__ = ["bits_per_dim_dataset", "SmallCNN", "train_classifier", "load_or_train_classifier", "classifier_path",
            "classifier_features", "feature_statistics", "frechet_distance", "conditional_accuracy",
            "generate_samples", "inception_fid", "evaluate_run", "report_path", "format_report",
            "CLASSIFIER_DATASETS", "NUM_T_RANGES", "FRECHET_NOTE", "quality_sweep", "format_sweep", "adherence_plan",
-           "score_adherence", "attribute_adherence", "sample_conditions"]
+           "score_adherence", "attribute_adherence", "sample_conditions", "evaluate_super_res", "cascade_sweep",
+           "format_cascade_sweep"]

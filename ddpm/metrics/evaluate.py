@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from ddpm._util import select_condition, write_text_atomic
 from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, checkpoint_path, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
-from ddpm.datasets import ImageDataset, load_dataset, mnist_edges, to_float, to_uint8
+from ddpm.datasets import ImageDataset, load_dataset, mnist_edges, shrink, to_float, to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.likelihood import estimate_bpd
 from ddpm.metrics.attributes import adherence_plan, adherence_rows, adherence_supported, score_adherence
@@ -30,13 +31,14 @@ from ddpm.metrics.classifier import (
     conditional_accuracy,
     load_or_train_classifier,
 )
-from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
+from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors, inception_fid
+from ddpm.metrics.super_res import evaluate_super_res, super_res_rows
+from ddpm.pipelines import DEFAULT_AUG_LEVEL, Refiner, bicubic_to, check_cascade
 from ddpm.samplers import SAMPLERS, default_steps, sample
 
 __all__ = ["bits_per_dim_dataset", "generate_samples", "sample_conditions", "evaluate_run", "report_path",
            "format_report", "attribute_adherence", "FRECHET_NOTE"]
 
-FLOOR_SUBSETS = 5  # the real-data floor is averaged over this many disjoint sets of training images
 FRECHET_NOTE = ("Frechet distance between features of this project's small classifier (penultimate layer); "
                 "NOT the Inception FID of the literature and not comparable with published FID numbers")
 
@@ -96,8 +98,8 @@ def _evaluation_set(dataset: ImageDataset | Tensor, cond: Any, n: int | None, se
 # ------------------------------------------------------------------ samples
 def generate_samples(loaded: LoadedRun, n: int, *, sampler: str = "ddim", steps: int | None = 50,
                      guidance: float | None = None, seed: int = 0, batch_size: int = 64,
-                     options: dict[str, Any] | None = None,
-                     progress: bool = False) -> tuple[Tensor, Tensor | None, Any]:
+                     options: dict[str, Any] | None = None, progress: bool = False,
+                     refine: Refiner | None = None) -> tuple[Tensor, Tensor | None, Any]:
     """n images from a run, class-balanced (0, 1, ..., K-1, 0, 1, ...) for conditional models.
 
     steps None: the sampler's default (ddpm.samplers.default_steps); options go to the sampler (spacing,
@@ -112,15 +114,17 @@ def generate_samples(loaded: LoadedRun, n: int, *, sampler: str = "ddim", steps:
     cond = None if labels is None else condition_for_labels(loaded.cond, labels, loaded.label_names,
                                                             loaded.config.data.dataset)
     images = sample_conditions(loaded, cond, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                               batch_size=batch_size, options=options, progress=progress)
+                               batch_size=batch_size, options=options, progress=progress, refine=refine)
     return images, labels, cond
 
 
 def sample_conditions(loaded: LoadedRun, cond: Any, n: int, *, sampler: str = "ddim", steps: int | None = 50,
                       guidance: float | None = None, seed: int = 0, batch_size: int = 64,
-                      options: dict[str, Any] | None = None, progress: bool = False) -> Tensor:
+                      options: dict[str, Any] | None = None, progress: bool = False,
+                      refine: Refiner | None = None) -> Tensor:
     """n images for the conditions ``cond`` (a tensor [n], n prompts, or None), in batches, one generator
-    seeded ``seed`` for all: uint8 [n, C, H, W] (a latent run's samples decoded by its autoencoder)."""
+    seeded ``seed`` for all: uint8 [n, C, H, W] (a latent run's samples decoded by its autoencoder; with
+    ``refine``, a cascade's base samples refined by its super-resolution stage)."""
     device = loaded.diffusion.betas.device
     steps = steps if steps is not None else default_steps(sampler, loaded.diffusion.T)
     gen = torch.Generator(device).manual_seed(seed)
@@ -133,7 +137,8 @@ def sample_conditions(loaded: LoadedRun, cond: Any, n: int, *, sampler: str = "d
         x = sample(loaded.model, loaded.diffusion, (len(idx), *loaded.shape), c, sampler=sampler, steps=steps,
                    guidance_scale=guidance if c is not None else None, generator=gen, device=device,
                    **loaded.sampler_options(options))
-        out.append(to_uint8(loaded.decode(x)).cpu())  # a latent run's samples are decoded
+        x = loaded.decode(x)  # a latent run's samples are decoded
+        out.append(to_uint8(refine(x, c, gen) if refine is not None else x).cpu())
     return torch.cat(out)
 
 
@@ -149,10 +154,16 @@ def attribute_adherence(loaded: LoadedRun, n: int, root, *, classifier=None,
     if why is not None:
         return {"available": False, "message": why}
     plan = adherence_plan(n)
-    images = sample_conditions(loaded, plan.prompts, len(plan.prompts), **sampling)
+    images = _full_size(sample_conditions(loaded, plan.prompts, len(plan.prompts), **sampling))
     clf, _ = load_or_train_classifier(classifier, loaded.config.data.dataset, root=root)
     predicted = classifier_features(clf, images)[1].argmax(dim=1)
     return score_adherence(images, plan, mnist_edges(root), predicted=predicted, baseline=baseline)
+
+
+def _full_size(images: Tensor, size: int = 28) -> Tensor:
+    """A cascade's base samples alone (14x14) upsampled bicubically to the size the classifier and the style
+    measures are made for; other images as they are."""
+    return bicubic_to(images, size) if images.shape[-1] < size else images
 
 
 # ------------------------------------------------------------------ a whole run
@@ -168,7 +179,8 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
                  bpd_batch_size: int = 64, bpd_timesteps: int | None = None, sample_batch_size: int = 64,
                  seed: int = 0, device="cpu", classifier: str | os.PathLike | None = None,
                  data_root: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-                 options: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+                 options: dict[str, Any] | None = None, progress: bool = False, refine: Refiner | None = None,
+                 aug_levels: Sequence[float] | None = None) -> dict[str, Any]:
     """Evaluate a trained run and write the report as JSON (default ``report_path``: <run_dir>/eval.json).
 
     bits/dim of ``bpd_images`` test images (0 to skip), with the null condition (the unconditional bound);
@@ -176,7 +188,9 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
     accuracy, Frechet distance and its real-data floor) or by Inception FID (CIFAR-10, when available); for a
     text model of digits, as many samples again for the attribute prompts ("attribute_adherence").
     guidance None means the run's config (train.guidance); options go to the sampler (see generate_samples).
-    Returns the report dict (and its "path").
+    A cascade's base is judged through its super-resolution stage ``refine`` (alone: its samples upsampled
+    bicubically); a super-resolution run by refining shrunk test digits at ``aug_levels`` (ddpm.metrics.
+    super_res). Returns the report dict (and its "path").
     """
     start = time.perf_counter()
     _check_settings(n_samples, bpd_images, bpd_timesteps, sampler)
@@ -191,13 +205,26 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
         report["autoencoder"] = evaluate_autoencoder(loaded.model, test, root, n=n_samples or len(test),
                                                      classifier=classifier, seed=seed, progress=progress)
         return _write(report, out, loaded, start)
+    if loaded.config.super_res is not None:  # a cascade's second stage: on real digits, against bicubic
+        levels = list(aug_levels) if aug_levels else [DEFAULT_AUG_LEVEL]
+        refiner = Refiner(loaded, levels[0], sampler, steps, guidance, dict(options or {}))
+        report["super_resolution"] = evaluate_super_res(refiner, test, root, n_samples or 1000, levels=levels,
+                                                        classifier=classifier, seed=seed,
+                                                        batch_size=sample_batch_size, progress=progress)
+        return _write(report, out, loaded, start)
+    if refine is not None:
+        check_cascade(loaded, refine.run)
+        report["cascade"] = {"refine": str(refine.run.path), "refine_step": refine.run.step,
+                             "aug_level": refine.aug_level}
     if loaded.first_stage is not None:
         report["bits_per_dim_note"] = ("no bits/dim for a latent model: its bound is on latents, not on the "
                                        "pixels' 8-bit values")
         bpd_images = 0
     if bpd_images:
-        bpd = bits_per_dim_dataset(loaded.model, loaded.diffusion, test, n=bpd_images, batch_size=bpd_batch_size,
-                                   timesteps=bpd_timesteps, seed=seed, progress=progress)
+        size = loaded.config.data.image_size  # a cascade's base: the bound on test digits shrunk like its data
+        bpd = bits_per_dim_dataset(loaded.model, loaded.diffusion, shrink(test, size) if size else test,
+                                   n=bpd_images, batch_size=bpd_batch_size, timesteps=bpd_timesteps, seed=seed,
+                                   progress=progress)
         bpd["condition"] = "null (unconditional bound)" if loaded.cond != "none" else "none"
         report["bits_per_dim"] = bpd
     report["samples"], plain = None, []
@@ -205,11 +232,12 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
         guidance = guidance if guidance is not None else loaded.config.train.guidance
         report.update(judge_samples(loaded, test, root, n_samples, sampler=sampler, steps=steps, guidance=guidance,
                                     seed=seed, batch_size=sample_batch_size, classifier=classifier, options=options,
-                                    progress=progress, samples_out=plain))
+                                    progress=progress, samples_out=plain, refine=refine))
         if loaded.cond == "text":
             report["attribute_adherence"] = attribute_adherence(
                 loaded, n_samples, root, classifier=classifier, baseline=plain[0], sampler=sampler, steps=steps,
-                guidance=guidance, seed=seed + 1, batch_size=sample_batch_size, options=options, progress=progress)
+                guidance=guidance, seed=seed + 1, batch_size=sample_batch_size, options=options, progress=progress,
+                refine=refine)
     return _write(report, out, loaded, start)
 
 
@@ -240,18 +268,26 @@ def _header(loaded: LoadedRun, seed: int) -> dict[str, Any]:
 
 def judge_samples(loaded: LoadedRun, test: ImageDataset, root, n: int, *, sampler: str, steps: int | None,
                   guidance: float, seed: int, batch_size: int, classifier, options: dict[str, Any] | None = None,
-                  progress: bool = False, samples_out: list | None = None) -> dict[str, Any]:
-    """Generate n samples; the report's "samples", "classifier_metrics" and "inception_fid" entries. A list
-    ``samples_out`` receives (images, labels) of the samples."""
+                  progress: bool = False, samples_out: list | None = None,
+                  refine: Refiner | None = None) -> dict[str, Any]:
+    """Generate n samples (refined by ``refine``, a cascade's second stage); the report's "samples",
+    "classifier_metrics" and "inception_fid" entries. A list ``samples_out`` receives (images, labels) of the
+    samples (a cascade's base alone: upsampled bicubically to the test images' size)."""
     t0 = time.perf_counter()
     images, labels, _ = generate_samples(loaded, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                                         batch_size=batch_size, options=options, progress=progress)
+                                         batch_size=batch_size, options=options, progress=progress, refine=refine)
+    small = images.shape[-1] < test.image_size
+    images = bicubic_to(images, test.image_size)
     if samples_out is not None:
         samples_out.append((images, labels))
     samples = {"n": n, "sampler": sampler, "steps": steps if steps is not None else default_steps(sampler,
                                                                                                   loaded.diffusion.T),
                "options": dict(options or {}), "guidance": guidance if labels is not None else None,
                "seconds": round(time.perf_counter() - t0, 1)}
+    if small:
+        samples["note"] = (f"{loaded.config.data.image_size}x{loaded.config.data.image_size} samples upsampled "
+                           f"bicubically to {test.image_size}x{test.image_size} to be judged (refine them with "
+                           f"--refine for the cascade)")
     dataset = loaded.config.data.dataset
     if dataset in CLASSIFIER_DATASETS:
         judged = _classifier_metrics(images, labels, test, dataset, root, classifier, seed, progress)
@@ -272,7 +308,7 @@ def _classifier_metrics(images: Tensor, labels: Tensor | None, test: ImageDatase
     f_gen, logits = classifier_features(clf, images)
     stats_test = feature_statistics(classifier_features(clf, test)[0])
     fd = frechet_distance(*feature_statistics(f_gen), *stats_test)
-    floors = _frechet_floors(clf, load_dataset(dataset, "train", root=root), n, stats_test, seed)
+    floors = frechet_floors(clf, load_dataset(dataset, "train", root=root), n, stats_test, seed)
     floor = sum(floors) / len(floors)
     pred = logits.argmax(dim=1)
     acc = conditional_accuracy(logits, labels) if labels is not None else {"accuracy": None, "per_class": None}
@@ -293,17 +329,6 @@ def _classifier_metrics(images: Tensor, labels: Tensor | None, test: ImageDatase
     }
 
 
-def _frechet_floors(clf, train: ImageDataset, n: int, stats_test: tuple[Tensor, Tensor], seed: int) -> list[float]:
-    """The real-data floor: n training images against the test set, the same n as the samples (the distance
-    estimated from n images is biased upwards, roughly by a constant / n), for disjoint subsets."""
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
-    floors = []
-    for k in range(max(1, min(FLOOR_SUBSETS, len(train) // n))):
-        f_train, _ = classifier_features(clf, train.images[order[k * n:(k + 1) * n]])
-        floors.append(frechet_distance(*feature_statistics(f_train), *stats_test))
-    return floors
-
-
 # ------------------------------------------------------------------ the table
 def format_report(report: dict[str, Any]) -> str:
     """A readable table of an evaluate_run report."""
@@ -312,6 +337,10 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("bits_per_dim_note"):
         rows.append(("bits/dim", report["bits_per_dim_note"]))
     rows += autoencoder_rows(report.get("autoencoder"))
+    rows += super_res_rows(report.get("super_resolution"))
+    if report.get("cascade"):
+        c = report["cascade"]
+        rows.append(("cascade", f"refined by {c['refine']} (step {c['refine_step']}), aug level {c['aug_level']:g}"))
     rows += _sample_rows(report)
     rows += adherence_rows(report.get("attribute_adherence"))
     width = max(len(k) for k, _ in rows)
@@ -341,6 +370,8 @@ def _sample_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     g = f", guidance {s['guidance']}" if s["guidance"] is not None else ""
     rows = [("samples", f"{s['n']} ({s['sampler']}, {s['steps']} steps{g}) in {s['seconds']:.0f} s")]
+    if s.get("note"):
+        rows.append(("  note", s["note"]))
     cm = report.get("classifier_metrics") or {}
     if cm.get("available"):
         acc = cm["classifier"]["test_accuracy"]

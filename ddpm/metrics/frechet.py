@@ -19,7 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["feature_statistics", "frechet_distance", "inception_fid"]
+from ddpm.metrics.classifier import classifier_features
+
+__all__ = ["feature_statistics", "frechet_distance", "inception_fid", "frechet_floors", "FLOOR_SUBSETS"]
+
+FLOOR_SUBSETS = 5  # the real-data floor is averaged over this many disjoint sets of training images
 
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -129,3 +133,14 @@ def _torchmetrics_fid(generated: Tensor, reference: Tensor, device, batch_size: 
         for lo in range(0, len(images), batch_size):
             metric.update(images[lo:lo + batch_size].to(device), real=real)  # uint8 in
     return _found("torchmetrics", generated, reference, float(metric.compute()), weights)
+
+
+def frechet_floors(clf, train, n: int, stats_test: tuple[Tensor, Tensor], seed: int) -> list[float]:
+    """The real-data floor: n training images against the test set, the same n as the samples (the distance
+    estimated from n images is biased upwards, roughly by a constant / n), for disjoint subsets."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+    floors = []
+    for k in range(max(1, min(FLOOR_SUBSETS, len(train) // n))):
+        f_train, _ = classifier_features(clf, train.images[order[k * n:(k + 1) * n]])
+        floors.append(frechet_distance(*feature_statistics(f_train), *stats_test))
+    return floors

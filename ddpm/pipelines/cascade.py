@@ -28,11 +28,12 @@ from torch import Tensor
 
 from ddpm.checkpoints import LoadedRun
 from ddpm.config import SuperResConfig
-from ddpm.datasets import area_downsample
+from ddpm.datasets import area_downsample, to_float, to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import default_steps, sample
 
-__all__ = ["upsample", "low_res_input", "aug_steps", "noise_augment", "WithLowRes", "training_model", "Refiner",
+__all__ = ["upsample", "bicubic_to", "low_res_input", "aug_steps", "noise_augment", "WithLowRes", "training_model",
+           "Refiner",
            "check_cascade", "DEFAULT_AUG_LEVEL"]
 
 DEFAULT_AUG_LEVEL = 0.1  # sampling: Imagen's best samples used 0.1-0.3; measured here in docs/results.md, "Cascade"
@@ -41,6 +42,14 @@ DEFAULT_AUG_LEVEL = 0.1  # sampling: Imagen's best samples used 0.1-0.3; measure
 def upsample(x: Tensor, size: int) -> Tensor:
     """Images [B, C, h, w] in [-1, 1] enlarged to size x size by bicubic interpolation (clamped to [-1, 1])."""
     return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+
+
+def bicubic_to(images: Tensor, size: int) -> Tensor:
+    """uint8 images enlarged to size x size by bicubic interpolation, as uint8: the baseline a super-resolution
+    model must beat, and how a base model's small samples reach a classifier made for full-size digits."""
+    if images.shape[-1] == size:
+        return images
+    return to_uint8(upsample(to_float(images), size))
 
 
 def low_res_input(x: Tensor, low_res: int) -> Tensor:

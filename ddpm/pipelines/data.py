@@ -1,6 +1,6 @@
 """The training data of a run: the images of its dataset (with their style attributes when a text model has the
-words for them; shrunk to DataConfig.image_size for a cascade's base), a 2D toy's points, or, for a latent run, the images' posterior moments under its autoencoder,
-encoded once (``LatentConfig.cache``)."""
+words for them; shrunk to DataConfig.image_size for a cascade's base), a 2D toy's points, or, for a latent run,
+the images' posterior moments under its autoencoder, encoded once (``LatentConfig.cache``)."""
 
 from __future__ import annotations
 

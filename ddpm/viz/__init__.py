@@ -1,6 +1,6 @@
 """Pictures of diffusion: image grids, forward and reverse trajectories, schedules, losses and 2D toys.
 
-    grids     make_grid, save_grid, plot_images, plot_image_table, class_grid (and the helpers every figure shares)
+    grids     make_grid, save_grid, save_panels, plot_images, plot_image_table, class_grid (and shared helpers)
     forward   the forward process: trajectories, chain vs closed form, histograms, schedules, small-T pitfall
     network   the timestep embedding, the shapes through the U-Net
     reverse   reverse_trajectory (a list of ddpm.samplers.Step), x_t beside predicted x_0, the GIF
@@ -30,7 +30,7 @@ from ddpm.viz.forward import (
     plot_schedules,
     plot_small_T_pitfall,
 )
-from ddpm.viz.grids import class_grid, make_grid, plot_image_table, plot_images, save_grid
+from ddpm.viz.grids import class_grid, make_grid, plot_image_table, plot_images, save_grid, save_panels
 from ddpm.viz.latent import (
     decode_steps,
     latent_channels,
@@ -48,7 +48,7 @@ from ddpm.viz.toys import plot_points, plot_score_field, plot_toy_forward, plot_
 
 __all__ = [
     "make_grid",
-    "save_grid",
+    "save_grid", "save_panels",
     "plot_quality_vs_calls",
     "class_grid",
     "plot_images",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from ddpm._util import atomic_write
@@ -18,7 +18,7 @@ from ddpm.conditions import balanced_labels, condition_for_labels, num_condition
 from ddpm.datasets import to_float, to_uint8
 from ddpm.samplers import ddim_sample
 
-__all__ = ["make_grid", "save_grid", "plot_images", "plot_image_table", "class_grid"]
+__all__ = ["make_grid", "save_grid", "save_panels", "plot_images", "plot_image_table", "class_grid"]
 
 PathLike = str | os.PathLike
 
@@ -119,6 +119,35 @@ def save_grid(images: torch.Tensor, path: PathLike, nrow: int = 8, scale: int = 
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     image = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
     return atomic_write(path, lambda f: image.save(f, format="PNG"))  # a killed write leaves the old file
+
+
+def save_panels(panels: Sequence[Tensor], path: PathLike, nrow: int = 8, titles: Sequence[str] | None = None,
+                scale: int = 2, gap: int = 12) -> Path:
+    """Write grids side by side as one PNG: e.g. a cascade's low-res samples, their refinements, the originals.
+    Each panel [N, C, h, w] (the same N) is enlarged to the largest panel's size by repeating pixels (so a low-res
+    panel shows its own pixels), tiled like save_grid, with a title above each one."""
+    if not panels:
+        raise ValueError("save_panels needs at least one panel")
+    size = max(p.shape[-1] for p in panels)
+    grids = [make_grid(p if p.shape[-1] == size else torch.nn.functional.interpolate(
+        p.float() if p.dtype != torch.uint8 else to_float(p), size=(size, size), mode="nearest"), nrow)
+        for p in panels]
+    h, c = grids[0].shape[0], grids[0].shape[2]
+    top = 14 if titles else 0
+    canvas = np.full((h + top, sum(g.shape[1] for g in grids) + gap * (len(grids) - 1), c), 255, dtype=np.uint8)
+    left = 0
+    for g in grids:
+        canvas[top:, left:left + g.shape[1]] = g
+        left += g.shape[1] + gap
+    if scale > 1:
+        canvas = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
+    image = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    if titles:
+        draw, left = ImageDraw.Draw(image), 0
+        for g, title in zip(grids, titles, strict=True):
+            draw.text((left * scale + 4, 2), title, fill=0 if c == 1 else (0, 0, 0))
+            left += g.shape[1] + gap
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def plot_images(images: Tensor, nrow: int = 8, title: str | None = None, path: PathLike | None = None,
