@@ -4,7 +4,6 @@ checkpoints and CLI (tiny networks, a few steps)."""
 
 import contextlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
