@@ -189,12 +189,15 @@ def test_the_cli_samples_refines_and_evaluates_a_cascade(tmp_path, runs, capsys)
                  "2", "--no-progress", "--out", str(tmp_path / "sweep.json")]) == 0
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert [row["aug_level"] for row in rows] == ["bicubic", 0.0, 0.3]
+    assert main(["visualize", "unet", "--run", sr, "--out-dir", str(tmp_path / "figs")]) == 0  # its extra inputs
+    assert (tmp_path / "figs" / "unet_mnist-sr28.png").exists()
 
 
 def test_cascade_flags_fail_in_one_line(tmp_path, runs, capsys):
     base, sr = (str(p) for p in runs)
     cases = [(["sample", "--run", base, "--from-test"], "add --refine"),
-             (["sample", "--run", sr, "--refine", sr, "--n", "2"], "refines 1x14x14"),
+             (["sample", "--run", sr, "--refine", sr, "--n", "2"], "is a super-resolution model"),
+             (["visualize", "reverse", "--run", sr], "sample --refine"),
              (["sample", "--run", base, "--refine", base, "--n", "2"], "not a super-resolution model"),
              (["sample", "--refine", sr, "--from-test", "--prompt", "a seven"], "drop --run, --prompt"),
              (["sample", "--refine", sr, "--aug-level", "2"], "in [0, 1]"),

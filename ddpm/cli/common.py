@@ -180,6 +180,10 @@ def load_image_run(run: str | None, device, use_ema: bool = True, text: bool = F
     loaded = load_run(resolve_run(run, text), device=device, use_ema=use_ema)
     if loaded.config.model_kind == "mlp":
         raise UsageError(f"{loaded.path} is a 2D toy model: see python -m ddpm visualize toy --run {loaded.path}")
+    if loaded.config.super_res is not None:
+        raise UsageError(f"{loaded.path} is a super-resolution model (a cascade's second stage): it refines low-res "
+                         f"digits; use python -m ddpm sample --refine {loaded.path} (after the base "
+                         f"runs/mnist-base14, or with --from-test)")
     if loaded.config.model_kind == "autoencoder":
         raise UsageError(f"{loaded.path} is an autoencoder (the first stage of latent diffusion), not a diffusion "
                          f"model: see python -m ddpm evaluate --run {loaded.path}, or sample from a latent run")

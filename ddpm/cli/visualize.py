@@ -177,7 +177,10 @@ def fig_unet(args, out: Path, device: torch.device) -> list[Path]:
     (path,) = _outputs(out, f"unet_{config.preset}.png")
     m = config.model
     x = torch.randn(1, m.in_channels, m.image_size, m.image_size)
-    shapes = viz.trace_shapes(model, x, torch.tensor([0]), None)
+    extra = {}  # a super-resolution U-Net also takes the low-res image and its augmentation step
+    if m.low_res_channels:
+        extra = dict(low_res=torch.zeros(1, m.low_res_channels, m.image_size, m.image_size), aug_t=torch.tensor([0]))
+    shapes = viz.trace_shapes(model, x, torch.tensor([0]), None, **extra)
     return [viz.plot_unet_shapes(shapes, path=path)]
 
 

@@ -55,9 +55,10 @@ _UNET_STAGES = re.compile(r"^(conv_in|conv_out|mid\.\d+|down\.\d+\.(blocks\.\d+|
 
 @torch.no_grad()
 def trace_shapes(model: torch.nn.Module, x: Tensor, t: Tensor, cond=None,
-                 pattern: str | re.Pattern = _UNET_STAGES) -> list[tuple[str, tuple[int, ...]]]:
-    """Run model(x, t, cond) once (in eval mode) and record the output shape of every submodule whose name
-    matches `pattern` (default: the stages of ddpm.nn.unet.UNet), in execution order: [(name, shape), ...]."""
+                 pattern: str | re.Pattern = _UNET_STAGES, **inputs) -> list[tuple[str, tuple[int, ...]]]:
+    """Run model(x, t, cond, **inputs) once (in eval mode) and record the output shape of every submodule whose
+    name matches `pattern` (default: the stages of ddpm.nn.unet.UNet), in execution order: [(name, shape), ...].
+    inputs: what else the network takes (a super-resolution U-Net's low_res and aug_t)."""
     pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
     records: list[tuple[str, tuple[int, ...]]] = []
 
@@ -67,7 +68,7 @@ def trace_shapes(model: torch.nn.Module, x: Tensor, t: Tensor, cond=None,
     hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if pattern.match(n)]
     try:
         with eval_mode(model):
-            model(x, t, cond)
+            model(x, t, cond, **inputs)
     finally:
         for h in hooks:
             h.remove()
