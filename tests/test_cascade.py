@@ -164,6 +164,9 @@ def test_the_cascade_composes_two_runs_and_refuses_pairs_that_do_not_fit(runs):
         check_cascade(sr, sr)
     with pytest.raises(ValueError, match="not a super-resolution model"):
         Refiner(base)
+    # the SR stage samples stochastically by default (DDIM, eta 1); a deterministic sampler gets no eta
+    assert (Refiner(sr).sampler, Refiner(sr).options) == ("ddim", {"eta": 1.0})
+    assert Refiner(sr, sampler="dpmpp-2m").options == {} and Refiner(sr, options={"eta": 0.0}).options["eta"] == 0
     low = upsample(torch.zeros(2, 1, 7, 7), 14)
     refined = Refiner(sr, steps=3)(low, ["a thick seven", "a thin two"], torch.Generator().manual_seed(0))
     assert refined.shape == (2, 1, 28, 28)

@@ -86,11 +86,13 @@ def run(args) -> int:
     out = common.check_output(args.out if args.out is not None else report_path(run_path), (".json",), "--out")
     device = common.setup_device(args)
     steps, options = common.sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
-    refiner = None
+    loaded, refiner = load_run(run_path, device=device), None
     if args.refine is not None:
-        refiner = load_refiner(args, device, steps, options, levels[0] if levels else None)
-        check_stages(load_run(run_path, device=device), refiner)
-    report = evaluate_run(run_path, n_samples=args.n_samples, sampler=args.sampler[0], steps=steps, options=options,
+        refiner = load_refiner(args, device, options, levels[0] if levels else None)
+        check_stages(loaded, refiner)
+    elif loaded.config.super_res is not None:  # the SR model alone, sampled as --refine-sampler/--refine-steps say
+        refiner = load_refiner(args, device, options, levels[0] if levels else None, run=loaded)
+    report = evaluate_run(loaded, n_samples=args.n_samples, sampler=args.sampler[0], steps=steps, options=options,
                           guidance=args.guidance, bpd_images=args.bpd_images, bpd_batch_size=args.bpd_batch_size,
                           bpd_timesteps=args.bpd_timesteps, sample_batch_size=args.sample_batch_size,
                           seed=args.seed, device=device, classifier=args.classifier, out=out,
@@ -109,10 +111,10 @@ def _aug_sweep(args, run_path: Path) -> int:
         raise common.UsageError("an augmentation sweep needs --n-samples of at least 2")
     device = common.setup_device(args)
     steps, options = common.sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
-    refiner = load_refiner(args, device, steps, options)
+    refiner = load_refiner(args, device, options)
     base = load_run(run_path, device=device)
     check_stages(base, refiner)
-    result = cascade_sweep(base, refiner.run, args.aug_level, n=args.n_samples, sampler=args.sampler[0], steps=steps,
+    result = cascade_sweep(base, refiner, args.aug_level, n=args.n_samples, sampler=args.sampler[0], steps=steps,
                            guidance=args.guidance, options=options, classifier=args.classifier, seed=args.seed,
                            batch_size=args.sample_batch_size, progress=not args.no_progress)
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")

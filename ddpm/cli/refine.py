@@ -12,8 +12,10 @@ import argparse
 from pathlib import Path
 
 from ddpm.checkpoints import CHECKPOINT_NAME, CheckpointError, LoadedRun, load_run
-from ddpm.cli.common import PRETRAINED, UsageError, finite_float
-from ddpm.pipelines import DEFAULT_AUG_LEVEL, Refiner, check_cascade
+from ddpm.cli.common import PRETRAINED, UsageError, finite_float, positive_int
+from ddpm.pipelines import DEFAULT_AUG_LEVEL, Refiner, check_cascade, shared_options
+from ddpm.pipelines.cascade import REFINE_ETA, REFINE_SAMPLER, REFINE_STEPS
+from ddpm.samplers import SAMPLERS
 
 __all__ = ["add_refine_flags", "resolve_stage", "load_refiner", "DEFAULT_BASE_RUN", "DEFAULT_SR_RUN"]
 
@@ -39,8 +41,13 @@ def add_refine_flags(p: argparse.ArgumentParser, several: bool = False) -> None:
     """--refine [SR_RUN] and --aug-level (several=True: a comma-separated list, evaluate's ablation)."""
     p.add_argument("--refine", nargs="?", const="", default=None, metavar="SR_RUN",
                    help=f"refine with a super-resolution model: the cascade of --run (default {DEFAULT_BASE_RUN}, else "
-                        f"the shipped base) and SR_RUN (default {DEFAULT_SR_RUN}, else the shipped one); the sampler "
-                        f"flags and --guidance apply to both stages")
+                        f"the shipped base) and SR_RUN (default {DEFAULT_SR_RUN}, else the shipped one); --guidance, "
+                        f"--spacing, --threshold and --precision apply to both stages")
+    p.add_argument("--refine-sampler", choices=SAMPLERS, default=REFINE_SAMPLER,
+                   help=f"the super-resolution stage's sampler (default {REFINE_SAMPLER}, with eta {REFINE_ETA:g}: "
+                        f"stochastic steps, which leave no background speckle; docs/results.md, \"Cascade\")")
+    p.add_argument("--refine-steps", type=positive_int, default=REFINE_STEPS,
+                   help=f"the super-resolution stage's steps (default {REFINE_STEPS})")
     lists = " (a comma-separated list compares them on the same base samples)" if several else ""
     p.add_argument("--aug-level", type=aug_level_list if several else aug_level, default=None,
                    help=f"noise augmentation of the low-res input when refining, in [0, 1] (a fraction of the "
@@ -59,12 +66,15 @@ def resolve_stage(run: str | None, default: str, pretrained: Path, preset: str) 
                      f"python -m ddpm train --preset {preset}")
 
 
-def load_refiner(args, device, steps: int | None, options: dict, level: float | None = None) -> Refiner:
-    """The Refiner of --refine with the sampler flags, --guidance and the augmentation level."""
-    sr = load_run(resolve_stage(args.refine, DEFAULT_SR_RUN, PRETRAINED_SR, "mnist-sr28"), device=device)
+def load_refiner(args, device, options: dict, level: float | None = None, run: LoadedRun | None = None) -> Refiner:
+    """The Refiner of --refine (or of ``run``, an SR run already loaded) with --refine-sampler, --refine-steps,
+    --guidance, the options both stages share and the augmentation level."""
+    sr = run or load_run(resolve_stage(args.refine, DEFAULT_SR_RUN, PRETRAINED_SR, "mnist-sr28"), device=device)
+    if args.refine_steps > sr.diffusion.T:
+        raise UsageError(f"--refine-steps {args.refine_steps} is more than the SR model's T = {sr.diffusion.T}")
     try:
-        return Refiner(sr, level if level is not None else DEFAULT_AUG_LEVEL, args.sampler if isinstance(
-            args.sampler, str) else args.sampler[0], steps, args.guidance, options)
+        return Refiner(sr, level if level is not None else DEFAULT_AUG_LEVEL, args.refine_sampler, args.refine_steps,
+                       args.guidance, shared_options(options))
     except ValueError as e:
         raise UsageError(str(e)) from None
 

@@ -90,8 +90,8 @@ def _check_cascade_flags(args) -> None:
 
 def _refine_test_digits(args, device) -> int:
     """Real test digits shrunk, refined, and as they were, side by side."""
-    steps, options = sampler_options(args, None)
-    refiner = load_refiner(args, device, steps, options, args.aug_level)
+    _, options = sampler_options(args, None)
+    refiner = load_refiner(args, device, options, args.aug_level)
     run = refiner.run
     out, _ = _outputs(args, run, "refine_test")
     test = load_dataset(run.config.data.dataset, "test", root=run.config.data.root)
@@ -128,7 +128,7 @@ def run(args) -> int:
     if isinstance(cond, torch.Tensor):
         cond = cond.to(device)
     steps, options = sampler_options(args, loaded.diffusion.T)
-    refiner = load_refiner(args, device, steps, options, args.aug_level) if args.refine is not None else None
+    refiner = load_refiner(args, device, options, args.aug_level) if args.refine is not None else None
     if refiner is not None:
         check_stages(loaded, refiner)
     if loaded.first_stage is not None and args.threshold not in (None, "none"):
@@ -153,9 +153,9 @@ def run(args) -> int:
     if refiner is not None:  # the second stage, with the same conditions and the same generator
         refined = refiner(images, cond, kwargs["generator"])
         path = save_panels([images, refined], out, nrow=nrow, titles=("base", "refined"))
-        print(f"wrote {n} {images.shape[-1]}x{images.shape[-1]} samples of {loaded.path} and their refinements "
-              f"by {refiner.run.path} (aug level {refiner.aug_level:g}), side by side ({args.sampler}, {steps} "
-              f"steps each): {path}")
+        print(f"wrote {n} {images.shape[-1]}x{images.shape[-1]} samples of {loaded.path} ({args.sampler}, {steps} "
+              f"steps) and their refinements by {refiner.run.path} ({refiner.sampler}, {refiner.steps} steps, aug "
+              f"level {refiner.aug_level:g}), side by side: {path}")
         return 0
     path = save_grid(images, out, nrow=nrow)
     print(f"wrote {n} samples ({args.sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "

@@ -33,7 +33,7 @@ from ddpm.metrics.classifier import (
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors, inception_fid
 from ddpm.metrics.super_res import evaluate_super_res, super_res_rows
-from ddpm.pipelines import DEFAULT_AUG_LEVEL, Refiner, bicubic_to, check_cascade
+from ddpm.pipelines import DEFAULT_AUG_LEVEL, Refiner, bicubic_to, check_cascade, shared_options
 from ddpm.samplers import SAMPLERS, default_steps, sample
 
 __all__ = ["bits_per_dim_dataset", "generate_samples", "sample_conditions", "evaluate_run", "report_path",
@@ -190,7 +190,8 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
     guidance None means the run's config (train.guidance); options go to the sampler (see generate_samples).
     A cascade's base is judged through its super-resolution stage ``refine`` (alone: its samples upsampled
     bicubically); a super-resolution run by refining shrunk test digits at ``aug_levels`` (ddpm.metrics.
-    super_res). Returns the report dict (and its "path").
+    super_res), sampled as ``refine`` says if given (its own Refiner), else by the Refiner's defaults.
+    Returns the report dict (and its "path").
     """
     start = time.perf_counter()
     _check_settings(n_samples, bpd_images, bpd_timesteps, sampler)
@@ -207,7 +208,7 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
         return _write(report, out, loaded, start)
     if loaded.config.super_res is not None:  # a cascade's second stage: on real digits, against bicubic
         levels = list(aug_levels) if aug_levels else [DEFAULT_AUG_LEVEL]
-        refiner = Refiner(loaded, levels[0], sampler, steps, guidance, dict(options or {}))
+        refiner = refine or Refiner(loaded, levels[0], guidance=guidance, options=shared_options(options))
         report["super_resolution"] = evaluate_super_res(refiner, test, root, n_samples or 1000, levels=levels,
                                                         classifier=classifier, seed=seed,
                                                         batch_size=sample_batch_size, progress=progress)

@@ -12,6 +12,7 @@ cascade. Every number comes from uint8 images, quantized like saved ones.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -76,11 +77,12 @@ def evaluate_super_res(refiner: Refiner, test: ImageDataset, root=None, n: int =
     bicubic = to_uint8(upsample(low, images.shape[-1]))
     report = {"n": len(images), "low_res": refiner.low_res, "frechet_floor": judge.floor,
               "sampler": refiner.sampler, "steps": refiner.steps, "guidance": refiner.guidance,
+              "options": refiner.options,
               "originals": judge(images, labels),
               "bicubic": {"psnr": _mean_psnr(bicubic, images), **judge(bicubic, labels)}, "refined": []}
     for level in levels if levels is not None else [refiner.aug_level]:
         t0 = time.perf_counter()
-        at = Refiner(run, level, refiner.sampler, refiner.steps, refiner.guidance, refiner.options)
+        at = dataclasses.replace(refiner, aug_level=level)
         refined = refine_in_batches(at, low, cond, seed=seed, batch_size=batch_size, progress=progress)
         report["refined"].append({"aug_level": level, "psnr": _mean_psnr(refined, images), **judge(refined, labels),
                                   "seconds": round(time.perf_counter() - t0, 1)})

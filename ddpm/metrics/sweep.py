@@ -12,6 +12,7 @@ model calls is steps, times 2 with classifier-free guidance (a conditional and a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -77,12 +78,13 @@ def format_sweep(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cascade_sweep(base: LoadedRun, sr: LoadedRun, levels: Sequence[float], n: int = 500, *, sampler: str = "dpmpp-2m",
-                  steps: int | None = None, guidance: float | None = None, options: dict[str, Any] | None = None,
-                  classifier=None, root=None, seed: int = 0, batch_size: int = 64,
-                  progress: bool = False) -> dict[str, Any]:
-    """The same n base samples (balanced classes) refined at each augmentation level, judged alike; plus the
-    base's samples upsampled bicubically."""
+def cascade_sweep(base: LoadedRun, refiner: Refiner, levels: Sequence[float], n: int = 500, *,
+                  sampler: str = "dpmpp-2m", steps: int | None = None, guidance: float | None = None,
+                  options: dict[str, Any] | None = None, classifier=None, root=None, seed: int = 0,
+                  batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+    """The same n base samples (balanced classes; sampler, steps, guidance and options of the base) refined by
+    ``refiner`` at each augmentation level, judged alike; plus the base's samples upsampled bicubically."""
+    sr = refiner.run
     check_cascade(base, sr)
     guidance = guidance if guidance is not None else base.config.train.guidance
     classes = num_conditions(base.cond, base.config.model.num_classes, base.label_names)
@@ -98,11 +100,12 @@ def cascade_sweep(base: LoadedRun, sr: LoadedRun, levels: Sequence[float], n: in
     rows = [{"aug_level": "bicubic", **judge(bicubic_to(low, test.image_size), labels), "seconds": 0.0}]
     for level in levels:
         t0 = time.perf_counter()
-        refiner = Refiner(sr, level, sampler, steps, guidance, dict(options or {}))
-        refined = refine_in_batches(refiner, low, cond, seed=seed + 1, batch_size=batch_size, progress=progress)
+        refined = refine_in_batches(dataclasses.replace(refiner, aug_level=level), low, cond, seed=seed + 1,
+                                    batch_size=batch_size, progress=progress)
         rows.append({"aug_level": level, **judge(refined, labels), "seconds": round(time.perf_counter() - t0, 1)})
     return {"base": str(base.path), "refine": str(sr.path), "sr_aug_max": sr.config.super_res.aug_max, "n": n,
-            "sampler": sampler, "steps": steps, "guidance": guidance, "frechet_floor": judge.floor,
+            "sampler": sampler, "steps": steps, "guidance": guidance, "refine_sampler": refiner.sampler,
+            "refine_steps": refiner.steps, "refine_options": refiner.options, "frechet_floor": judge.floor,
             "base_seconds": round(base_seconds, 1), "rows": rows}
 
 

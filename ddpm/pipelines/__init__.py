@@ -8,11 +8,18 @@
     data      the training data of a run: images (+ attributes), a toy's points, or cached latent moments
 """
 
-from ddpm.pipelines.cascade import DEFAULT_AUG_LEVEL, Refiner, bicubic_to, check_cascade, training_model
+from ddpm.pipelines.cascade import (
+    DEFAULT_AUG_LEVEL,
+    Refiner,
+    bicubic_to,
+    check_cascade,
+    shared_options,
+    training_model,
+)
 from ddpm.pipelines.data import training_loader
 from ddpm.pipelines.grids import training_grid
 from ddpm.pipelines.latent import attach_first_stage, reconstruction_rows, scaled_latents, store_latent_scale
 
 __all__ = ["attach_first_stage", "scaled_latents", "store_latent_scale", "reconstruction_rows", "training_grid",
            "training_loader", "Refiner", "check_cascade", "training_model", "bicubic_to",
-           "DEFAULT_AUG_LEVEL"]
+           "DEFAULT_AUG_LEVEL", "shared_options"]

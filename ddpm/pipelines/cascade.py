@@ -32,11 +32,15 @@ from ddpm.datasets import area_downsample, to_float, to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import default_steps, sample
 
-__all__ = ["upsample", "bicubic_to", "low_res_input", "aug_steps", "noise_augment", "WithLowRes", "training_model",
-           "Refiner",
+__all__ = ["REFINE_SAMPLER", "REFINE_STEPS", "REFINE_ETA", "upsample", "bicubic_to", "low_res_input", "aug_steps",
+           "noise_augment", "WithLowRes", "training_model",
+           "Refiner", "shared_options",
            "check_cascade", "DEFAULT_AUG_LEVEL"]
 
 DEFAULT_AUG_LEVEL = 0.1  # sampling: Imagen's best samples used 0.1-0.3; measured here in docs/results.md, "Cascade"
+# The SR stage samples stochastically by default (DDIM with eta = 1, i.e. ancestral steps on a respaced process):
+# deterministic samplers leave background speckle in some of its samples (docs/results.md, "Cascade")
+REFINE_SAMPLER, REFINE_STEPS, REFINE_ETA = "ddim", 15, 1.0
 
 
 def upsample(x: Tensor, size: int) -> Tensor:
@@ -101,12 +105,13 @@ class Refiner:
 
     ``refiner(low, cond, generator)``: low-res images [B, C, low, low] in [-1, 1] (a base model's samples, or
     real digits shrunk) and their conditions -> refined images [B, C, H, W]. guidance None: the SR run's own
-    (train.guidance); options: the sampler's keyword arguments (threshold, spacing, precision, ...)."""
+    (train.guidance); options: the sampler's keyword arguments (threshold, spacing, precision, ...; the default
+    DDIM gets eta = 1 unless options say otherwise)."""
 
     run: LoadedRun
     aug_level: float = DEFAULT_AUG_LEVEL
-    sampler: str = "dpmpp-2m"
-    steps: int | None = None
+    sampler: str = REFINE_SAMPLER
+    steps: int | None = REFINE_STEPS
     guidance: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -115,6 +120,8 @@ class Refiner:
             raise ValueError(f"{self.run.path} is not a super-resolution model (preset {self.run.config.preset!r}); "
                              f"--refine takes one trained with --preset mnist-sr28")
         aug_steps(self.aug_level, self.run.diffusion.T)  # checks the range
+        if self.sampler == "ddim" and self.options.get("eta") is None:
+            self.options = {**self.options, "eta": REFINE_ETA}
 
     @property
     def low_res(self) -> int:
@@ -134,6 +141,14 @@ class Refiner:
                       sampler=self.sampler, steps=self.steps or default_steps(self.sampler, run.diffusion.T),
                       guidance_scale=guidance if cond is not None else None,
                       generator=generator, device=device, **run.sampler_options(self.options))
+
+
+SHARED_OPTIONS = ("spacing", "threshold", "percentile", "precision")  # sampler options that apply to both stages
+
+
+def shared_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The base stage's sampler options that the SR stage takes too (not a sampler's own, like DDIM's eta)."""
+    return {k: v for k, v in (options or {}).items() if k in SHARED_OPTIONS and v is not None}
 
 
 def check_cascade(base: LoadedRun, sr: LoadedRun) -> None:

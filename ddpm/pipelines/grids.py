@@ -40,7 +40,7 @@ def training_grid(config: Config, model: nn.Module, diffusion: GaussianDiffusion
         low = area_downsample(x, config.super_res.low_res)
         cond = condition_for_labels(m.cond, labels[:8], label_names, config.data.dataset)
         run = LoadedRun(model, diffusion, config, step, path)
-        refiner = Refiner(run, sampler="ddim", steps=tc.sample_steps, guidance=tc.guidance)
+        refiner = Refiner(run, guidance=tc.guidance)
         refined = refiner(low, cond.to(device) if isinstance(cond, torch.Tensor) else cond,
                           torch.Generator(device).manual_seed(1234))
         nearest = torch.nn.functional.interpolate(low, size=x.shape[-2:], mode="nearest")
