@@ -73,6 +73,19 @@ def test_shrinking_averages_each_block_and_keeps_labels_and_attributes():
         shrink(small, 28)
 
 
+def test_speckle_counts_bright_pixels_far_from_the_low_res_strokes(digits):
+    from ddpm.metrics.super_res import speckle
+    x = digits.images[:16]
+    upsampled = bicubic_to(shrink(digits.subset(slice(0, 16)), 14).images, 28)
+    assert speckle(x, upsampled) == 0.0  # real digits have no ink far from their own strokes
+    y = x.clone()
+    background = upsampled < 10  # -0.95 in [-1, 1] is 2.55 in uint8
+    y[background] = 255
+    assert speckle(y, upsampled) == 1.0
+    y[background] = 20  # darker than 10% gray (-0.8 in [-1, 1] is 25.5 in uint8): not counted
+    assert speckle(y, upsampled) == 0.0
+
+
 def test_noise_augmentation_is_the_forward_process_after_s_steps():
     diffusion = build_diffusion(get_preset("mnist-sr28"))
     assert aug_steps(0.1, 1000).item() == 100 and aug_steps(0.0, 1000).item() == 0
@@ -188,6 +201,7 @@ def test_the_cli_samples_refines_and_evaluates_a_cascade(tmp_path, runs, capsys)
     report = json.loads((tmp_path / "sr.json").read_text())["super_resolution"]
     assert [row["aug_level"] for row in report["refined"]] == [0.0, 0.5]
     assert report["bicubic"]["psnr"] > 10 and report["originals"]["accuracy"] > 0.8
+    assert all(0 <= row["speckle"] <= 1 for row in report["refined"])
     assert main(["evaluate", "--run", base, "--refine", sr, "--aug-level", "0,0.3", "--n-samples", "20", "--steps",
                  "2", "--no-progress", "--out", str(tmp_path / "sweep.json")]) == 0
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]

@@ -22,7 +22,7 @@ from ddpm.checkpoints import LoadedRun, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.datasets import load_dataset
 from ddpm.metrics.evaluate import judge_samples, sample_conditions
-from ddpm.metrics.super_res import SampleJudge, refine_in_batches
+from ddpm.metrics.super_res import SampleJudge, refine_in_batches, speckle
 from ddpm.pipelines import Refiner, bicubic_to, check_cascade
 
 __all__ = ["quality_sweep", "format_sweep", "cascade_sweep", "format_cascade_sweep"]
@@ -97,12 +97,15 @@ def cascade_sweep(base: LoadedRun, refiner: Refiner, levels: Sequence[float], n:
     dataset = base.config.data.dataset
     test = load_dataset(dataset, "test", root=root)
     judge = SampleJudge(dataset, test, root, classifier, n, seed, progress)
-    rows = [{"aug_level": "bicubic", **judge(bicubic_to(low, test.image_size), labels), "seconds": 0.0}]
+    upsampled = bicubic_to(low, test.image_size)
+    rows = [{"aug_level": "bicubic", **judge(upsampled, labels), "speckle": speckle(upsampled, upsampled),
+             "seconds": 0.0}]
     for level in levels:
         t0 = time.perf_counter()
         refined = refine_in_batches(dataclasses.replace(refiner, aug_level=level), low, cond, seed=seed + 1,
                                     batch_size=batch_size, progress=progress)
-        rows.append({"aug_level": level, **judge(refined, labels), "seconds": round(time.perf_counter() - t0, 1)})
+        rows.append({"aug_level": level, **judge(refined, labels), "speckle": speckle(refined, upsampled),
+                     "seconds": round(time.perf_counter() - t0, 1)})
     return {"base": str(base.path), "refine": str(sr.path), "sr_aug_max": sr.config.super_res.aug_max, "n": n,
             "sampler": sampler, "steps": steps, "guidance": guidance, "refine_sampler": refiner.sampler,
             "refine_steps": refiner.steps, "refine_options": refiner.options, "frechet_floor": judge.floor,
@@ -114,9 +117,9 @@ def format_cascade_sweep(result: dict[str, Any]) -> str:
     lines = [f"cascade {result['base']} -> {result['refine']} (trained with aug_max {result['sr_aug_max']:g}): "
              f"{result['n']} base samples ({result['base_seconds']:.0f} s), Frechet floor "
              f"{result['frechet_floor']:.3f}",
-             f"{'aug level':>10}  {'accuracy':>8}  {'Frechet':>8}  {'x floor':>7}  {'seconds':>7}"]
+             f"{'aug level':>10}  {'accuracy':>8}  {'Frechet':>8}  {'x floor':>7}  {'speckle':>7}  {'seconds':>7}"]
     for r in result["rows"]:
         level = r["aug_level"] if isinstance(r["aug_level"], str) else f"{r['aug_level']:g}"
         lines.append(f"{level:>10}  {r['accuracy']:8.4f}  {r['frechet']:8.3f}  {r['frechet_ratio']:6.2f}x  "
-                     f"{r['seconds']:7.1f}")
+                     f"{r['speckle']:7.2%}  {r['seconds']:7.1f}")
     return "\n".join(lines)
