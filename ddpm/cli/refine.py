@@ -41,13 +41,15 @@ def add_refine_flags(p: argparse.ArgumentParser, several: bool = False) -> None:
     """--refine [SR_RUN] and --aug-level (several=True: a comma-separated list, evaluate's ablation)."""
     p.add_argument("--refine", nargs="?", const="", default=None, metavar="SR_RUN",
                    help=f"refine with a super-resolution model: the cascade of --run (default {DEFAULT_BASE_RUN}, else "
-                        f"the shipped base) and SR_RUN (default {DEFAULT_SR_RUN}, else the shipped one); --guidance, "
-                        f"--spacing, --threshold and --precision apply to both stages")
+                        f"the shipped base) and SR_RUN (default {DEFAULT_SR_RUN}, else the shipped one); --spacing, "
+                        f"--threshold and --precision apply to both stages, --guidance too unless --refine-guidance")
     p.add_argument("--refine-sampler", choices=SAMPLERS, default=REFINE_SAMPLER,
                    help=f"the super-resolution stage's sampler (default {REFINE_SAMPLER}, with eta {REFINE_ETA:g}: "
                         f"stochastic steps, which leave no background speckle; docs/results.md, \"Cascade\")")
     p.add_argument("--refine-steps", type=positive_int, default=REFINE_STEPS,
                    help=f"the super-resolution stage's steps (default {REFINE_STEPS})")
+    p.add_argument("--refine-guidance", type=finite_float, default=None,
+                   help="the super-resolution stage's guidance scale (default: --guidance, else the SR run's own)")
     lists = " (a comma-separated list compares them on the same base samples)" if several else ""
     p.add_argument("--aug-level", type=aug_level_list if several else aug_level, default=None,
                    help=f"noise augmentation of the low-res input when refining, in [0, 1] (a fraction of the "
@@ -73,8 +75,9 @@ def load_refiner(args, device, options: dict, level: float | None = None, run: L
     if args.refine_steps > sr.diffusion.T:
         raise UsageError(f"--refine-steps {args.refine_steps} is more than the SR model's T = {sr.diffusion.T}")
     try:
+        guidance = args.refine_guidance if args.refine_guidance is not None else args.guidance
         return Refiner(sr, level if level is not None else DEFAULT_AUG_LEVEL, args.refine_sampler, args.refine_steps,
-                       args.guidance, shared_options(options))
+                       guidance, shared_options(options))
     except ValueError as e:
         raise UsageError(str(e)) from None
 

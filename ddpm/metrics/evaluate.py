@@ -216,7 +216,8 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
     if refine is not None:
         check_cascade(loaded, refine.run)
         report["cascade"] = {"refine": str(refine.run.path), "refine_step": refine.run.step,
-                             "aug_level": refine.aug_level}
+                             "aug_level": refine.aug_level, "sampler": refine.sampler, "steps": refine.steps,
+                             "guidance": refine.guidance, "options": refine.options}
     if loaded.first_stage is not None:
         report["bits_per_dim_note"] = ("no bits/dim for a latent model: its bound is on latents, not on the "
                                        "pixels' 8-bit values")
@@ -341,7 +342,9 @@ def format_report(report: dict[str, Any]) -> str:
     rows += super_res_rows(report.get("super_resolution"))
     if report.get("cascade"):
         c = report["cascade"]
-        rows.append(("cascade", f"refined by {c['refine']} (step {c['refine_step']}), aug level {c['aug_level']:g}"))
+        g = c.get("guidance") if c.get("guidance") is not None else "the SR run's own"
+        rows.append(("cascade", f"refined by {c['refine']} (step {c['refine_step']}; {c.get('sampler')}, "
+                                f"{c.get('steps')} steps, guidance {g}), aug level {c['aug_level']:g}"))
     rows += _sample_rows(report)
     rows += adherence_rows(report.get("attribute_adherence"))
     width = max(len(k) for k, _ in rows)
