@@ -236,3 +236,14 @@ def test_an_exported_base_is_evaluated_on_its_own_through_bicubic(tmp_path, runs
     assert "upsampled bicubically" in report["samples"]["note"]
     assert report["bits_per_dim"]["n_images"] == 2  # the bound on test digits shrunk to 14x14
     assert 0 <= report["classifier_metrics"]["conditional_accuracy"] <= 1
+
+
+def test_the_cascade_benchmark_runs_both_stages_beside_the_single_stage_model(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "mnist-sr28", "--quick", "--batch-size", "8", "--sample-batch", "2", "--out",
+                 str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["train"]) == {"single (28x28)", "base (14x14)", "super-resolution (14 -> 28)"}
+    assert result["flops"]["base"] < result["flops"]["sr"]  # 14x14 against 28x28
+    assert abs(result["flops"]["sr"] / result["flops"]["single"] - 1) < 0.05  # one more input channel
+    assert "cascade (base + SR)" in result["sampling"] and "vs single" in capsys.readouterr().out

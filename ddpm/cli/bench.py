@@ -53,30 +53,25 @@ def run(args) -> int:
                          f"mnist-latent measures it beside the latent and the pixel models")
     out = check_output(args.out, (".json",), "--out")
     device = setup_device(args)
-    cascade = PRESETS[args.preset].super_res is not None or PRESETS[args.preset].data.image_size is not None
-    if cascade:  # a stage of a cascade: both stages side by side with the single-stage text model
-        result = compare_cascade(device=device, batch_size=args.batch_size, n=args.sample_batch,
-                                 repeats=1 if args.quick else 3,
-                                 train_repeats=args.train_steps or (1 if args.quick else 5),
-                                 progress=lambda s: print(f"... {s}", flush=True))
-        print(format_cascade_comparison(result))
-        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
-        return 0
-    if PRESETS[args.preset].latent is not None:  # a latent preset: side by side with the pixel text model
-        result = compare_latent(args.preset, "mnist-text", device=device, batch_size=args.batch_size,
-                                n=args.sample_batch, repeats=1 if args.quick else 3,
-                                train_repeats=args.train_steps or (1 if args.quick else 5),
-                                progress=lambda s: print(f"... {s}", flush=True))
-        print(format_latent_comparison(result))
-        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
-        return 0
-    result = run_bench(args.preset, batch_size=args.batch_size, sample_batch=args.sample_batch, device=device,
-                       quick=args.quick, full=args.full, explore=args.explore, profile=args.profile,
-                       train_steps=args.train_steps, sample_steps=args.sample_steps,
-                       progress=lambda s: print(f"... {s}", flush=True))
-    print(format_bench(result))
+    preset = PRESETS[args.preset]
+    side_by_side = None  # a later stage is measured beside the pixel text model
+    if preset.super_res is not None or preset.data.image_size is not None:  # either stage of the cascade
+        side_by_side = (compare_cascade, format_cascade_comparison, {})
+    elif preset.latent is not None:
+        side_by_side = (compare_latent, format_latent_comparison, {"latent_preset": args.preset})
+    progress = lambda s: print(f"... {s}", flush=True)  # noqa: E731
+    if side_by_side is not None:
+        compare, fmt, names = side_by_side
+        result = compare(**names, device=device, batch_size=args.batch_size, n=args.sample_batch,
+                         repeats=1 if args.quick else 3, train_repeats=args.train_steps or (1 if args.quick else 5),
+                         progress=progress)
+        text = fmt(result)
+    else:
+        result = run_bench(args.preset, batch_size=args.batch_size, sample_batch=args.sample_batch, device=device,
+                           quick=args.quick, full=args.full, explore=args.explore, profile=args.profile,
+                           train_steps=args.train_steps, sample_steps=args.sample_steps, progress=progress)
+        text = format_bench(result)
+    print(text)
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
