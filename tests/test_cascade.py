@@ -238,6 +238,7 @@ def test_an_exported_base_is_evaluated_on_its_own_through_bicubic(tmp_path, runs
     assert 0 <= report["classifier_metrics"]["conditional_accuracy"] <= 1
 
 
+@pytest.mark.slow  # a speed measurement (7 s), not something a user's first hour needs
 def test_the_cascade_benchmark_runs_both_stages_beside_the_single_stage_model(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--preset", "mnist-sr28", "--quick", "--batch-size", "8", "--sample-batch", "2", "--out",
