@@ -66,7 +66,8 @@ def _outputs(args, loaded, kind: str = "sample") -> tuple[Path, Path | None]:
     """The grid's and the GIF's paths, checked before any sampling."""
     # a run folder gets its samples/ sub-folder; an exported model file writes to ./samples/
     run_dir = loaded.path.parent if loaded.path.name == CHECKPOINT_NAME else Path(".")
-    out = Path(args.out) if args.out else run_dir / "samples" / f"{kind}_{args.sampler}_seed{args.seed}.png"
+    name = f"{kind}_seed{args.seed}.png" if kind == "refine_test" else f"{kind}_{args.sampler}_seed{args.seed}.png"
+    out = Path(args.out) if args.out else run_dir / "samples" / name
     out = check_output(out, (".png",), "--out")
     gif = check_output(args.trajectory, (".gif",), "--trajectory") if args.trajectory else None
     if gif is not None and gif.resolve() == out.resolve():
