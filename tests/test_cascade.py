@@ -23,6 +23,7 @@ from ddpm.pipelines.cascade import (
     check_cascade,
     low_res_input,
     noise_augment,
+    shared_options,
     training_model,
     upsample,
 )
@@ -180,6 +181,9 @@ def test_the_cascade_composes_two_runs_and_refuses_pairs_that_do_not_fit(runs):
     # the SR stage samples stochastically by default (DDIM, eta 1); a deterministic sampler gets no eta
     assert (Refiner(sr).sampler, Refiner(sr).options) == ("ddim", {"eta": 1.0})
     assert Refiner(sr, sampler="dpmpp-2m").options == {} and Refiner(sr, options={"eta": 0.0}).options["eta"] == 0
+    # the base's threshold, spacing and precision pass to the SR stage; a sampler's own options do not
+    assert shared_options({"threshold": "dynamic", "eta": 0.0, "spacing": "lambda", "precision": None}) == {
+        "threshold": "dynamic", "spacing": "lambda"}
     low = upsample(torch.zeros(2, 1, 7, 7), 14)
     refined = Refiner(sr, steps=3)(low, ["a thick seven", "a thin two"], torch.Generator().manual_seed(0))
     assert refined.shape == (2, 1, 28, 28)
@@ -191,7 +195,7 @@ def test_the_cli_samples_refines_and_evaluates_a_cascade(tmp_path, runs, capsys)
     base, sr = (str(p) for p in runs)
     out = tmp_path / "cascade.png"
     assert main(["sample", "--run", base, "--refine", sr, "--prompt", "a thick seven", "--n", "4", "--steps", "3",
-                 "--out", str(out)]) == 0
+                 "--threshold", "dynamic", "--out", str(out)]) == 0  # Imagen's thresholding, in both stages
     assert Image.open(out).size[0] > 2 * 4 * 28 * 2  # two panels of four 28x28 cells, scaled 2x
     assert main(["sample", "--refine", sr, "--from-test", "--n", "4", "--steps", "2", "--aug-level", "0.3",
                  "--out", str(tmp_path / "test.png")]) == 0
