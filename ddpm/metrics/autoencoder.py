@@ -20,7 +20,7 @@ from ddpm.datasets import ImageDataset, to_uint8
 from ddpm.metrics.classifier import classifier_features, load_or_train_classifier
 from ddpm.nn.autoencoder import Autoencoder, encode_moments, sample_posterior
 
-__all__ = ["evaluate_autoencoder", "reconstruct", "psnr", "autoencoder_rows"]
+__all__ = ["evaluate_autoencoder", "reconstruct", "psnr", "mean_psnr", "autoencoder_rows"]
 
 
 @torch.no_grad()
@@ -39,6 +39,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse)
 
 
+def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The mean of ``psnr`` over the images that differ (identical ones have an infinite PSNR); inf if none do."""
+    p = psnr(a, b)
+    return float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf")
+
+
 def evaluate_autoencoder(ae: Autoencoder, test: ImageDataset, root=None, n: int = 1000, *, classifier=None,
                          seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """The report's "autoencoder" entry for n test images (a seeded random subset; all when n >= N)."""
@@ -48,12 +54,11 @@ def evaluate_autoencoder(ae: Autoencoder, test: ImageDataset, root=None, n: int 
         images, labels = images[pick], labels[pick] if labels is not None else None
     moments = encode_moments(ae, images)
     rec = reconstruct(ae, images, moments=moments)
-    p = psnr(rec, images)
     mean, logvar = moments.chunk(2, dim=1)
     z = sample_posterior(moments, torch.Generator().manual_seed(seed))
     report = {
         "n": len(images),
-        "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
+        "psnr": mean_psnr(rec, images),
         "l1": float((rec.double() - images.double()).abs().mean() / 127.5),  # in units of the [-1, 1] scale
         "latent_shape": list(ae.config.latent_shape),
         "latent_std": float(z.double().std()),

@@ -154,16 +154,11 @@ def attribute_adherence(loaded: LoadedRun, n: int, root, *, classifier=None,
     if why is not None:
         return {"available": False, "message": why}
     plan = adherence_plan(n)
-    images = _full_size(sample_conditions(loaded, plan.prompts, len(plan.prompts), **sampling))
+    # a cascade's base alone: its 14x14 samples upsampled to the 28x28 digits the style measures are made for
+    images = bicubic_to(sample_conditions(loaded, plan.prompts, len(plan.prompts), **sampling), 28)
     clf, _ = load_or_train_classifier(classifier, loaded.config.data.dataset, root=root)
     predicted = classifier_features(clf, images)[1].argmax(dim=1)
     return score_adherence(images, plan, mnist_edges(root), predicted=predicted, baseline=baseline)
-
-
-def _full_size(images: Tensor, size: int = 28) -> Tensor:
-    """A cascade's base samples alone (14x14) upsampled bicubically to the size the classifier and the style
-    measures are made for; other images as they are."""
-    return bicubic_to(images, size) if images.shape[-1] < size else images
 
 
 # ------------------------------------------------------------------ a whole run

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ddpm._util import select_condition
 from ddpm.conditions import condition_for_labels
 from ddpm.datasets import ImageDataset, area_downsample, load_dataset, to_float, to_uint8
-from ddpm.metrics.autoencoder import psnr
+from ddpm.metrics.autoencoder import mean_psnr
 from ddpm.metrics.classifier import classifier_features, conditional_accuracy, load_or_train_classifier
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors
 from ddpm.pipelines.cascade import Refiner, upsample
@@ -80,13 +80,13 @@ def evaluate_super_res(refiner: Refiner, test: ImageDataset, root=None, n: int =
               "sampler": refiner.sampler, "steps": refiner.steps, "guidance": refiner.guidance,
               "options": refiner.options,
               "originals": judge(images, labels),
-              "bicubic": {"psnr": _mean_psnr(bicubic, images), **judge(bicubic, labels)},
+              "bicubic": {"psnr": mean_psnr(bicubic, images), **judge(bicubic, labels)},
               "originals_speckle": speckle(images, bicubic), "refined": []}
     for level in levels if levels is not None else [refiner.aug_level]:
         t0 = time.perf_counter()
         at = dataclasses.replace(refiner, aug_level=level)
         refined = refine_in_batches(at, low, cond, seed=seed, batch_size=batch_size, progress=progress)
-        report["refined"].append({"aug_level": level, "psnr": _mean_psnr(refined, images), **judge(refined, labels),
+        report["refined"].append({"aug_level": level, "psnr": mean_psnr(refined, images), **judge(refined, labels),
                                   "speckle": speckle(refined, bicubic), "seconds": round(time.perf_counter() - t0, 1)})
     return report
 
@@ -97,11 +97,6 @@ def speckle(images: Tensor, low_res_upsampled: Tensor) -> float:
     behind. 0 for real digits. Both arguments uint8 [N, C, H, W]."""
     background = to_float(low_res_upsampled) < -0.95
     return float(((to_float(images) > -0.8) & background).sum() / background.sum().clamp(min=1))
-
-
-def _mean_psnr(a: Tensor, b: Tensor) -> float:
-    p = psnr(a, b)
-    return float(p[torch.isfinite(p)].mean())
 
 
 def super_res_rows(report: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -94,8 +94,7 @@ class WithLowRes:
 def training_model(net, diffusion: GaussianDiffusion, x0: Tensor, sr: SuperResConfig) -> WithLowRes:
     """The SR network for one training batch x0: each image's low-res input augmented to a level a ~ U[0,
     aug_max] (drawn from the global RNG, like the rest of a step)."""
-    level = torch.rand(x0.shape[0], device=x0.device) * sr.aug_max
-    s = aug_steps(level.cpu(), diffusion.T).to(x0.device)
+    s = torch.round(torch.rand(x0.shape[0], device=x0.device) * (sr.aug_max * diffusion.T)).long()  # round(a T)
     return WithLowRes(net, noise_augment(diffusion, low_res_input(x0, sr.low_res), s), s)
 
 
