@@ -27,16 +27,18 @@ import torch
 from torch import nn
 
 from ddpm._util import atomic_write
-from ddpm.config import Config, LatentConfig
+from ddpm.config import Config, LatentConfig, UnclipConfig
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.nn.autoencoder import Autoencoder
+from ddpm.nn.clip import Clip
 from ddpm.nn.mlp import MLP
+from ddpm.nn.prior import DiffusionPrior
 from ddpm.nn.unet import UNet
 from ddpm.schedules import make_betas
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "build_model", "build_diffusion", "LoadedRun",
            "load_run", "export_model", "CHECKPOINT_NAME", "CONFIG_NAME", "checkpoint_path", "config_json",
-           "weights_fingerprint", "load_first_stage", "first_stage_path"]
+           "weights_fingerprint", "load_first_stage", "first_stage_path", "load_clip"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
@@ -48,9 +50,10 @@ class CheckpointError(ValueError):
 
 
 def build_model(config: Config) -> nn.Module:
-    """The network a Config describes (U-Net for images and latents, MLP for 2D toys, or an autoencoder),
-    freshly initialized."""
-    return {"mlp": MLP, "unet": UNet, "autoencoder": Autoencoder}[config.model_kind](config.model)
+    """The network a Config describes (U-Net for images and latents, MLP for 2D toys, an autoencoder, a CLIP or
+    a diffusion prior), freshly initialized."""
+    kinds = {"mlp": MLP, "unet": UNet, "autoencoder": Autoencoder, "clip": Clip, "prior": DiffusionPrior}
+    return kinds[config.model_kind](config.model)
 
 
 def build_diffusion(config: Config, device: str | torch.device = "cpu") -> GaussianDiffusion:
@@ -151,6 +154,7 @@ class LoadedRun:
     path: Path
     label_names: tuple[str, ...] = field(default=())
     first_stage: Autoencoder | None = None  # a latent run's autoencoder (eval mode, frozen)
+    clip: Clip | None = None  # an unCLIP prior's or decoder's CLIP (eval mode, frozen)
 
     @property
     def cond(self) -> str:
@@ -182,25 +186,36 @@ class LoadedRun:
         return self.first_stage.from_latents(x.to(self.first_stage.latent_scale.device).float()).clamp(-1.0, 1.0)
 
 
+def _renamed(stage: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, str]:
+    """(the stage's checkpoint path, the name an exported file at ``out`` gives it: the file name alone when the
+    two lie in the same folder, so that they can move together)."""
+    path = checkpoint_path(stage)
+    return path, path.name if path.resolve().parent == Path(out).resolve().parent else str(path)
+
+
 def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = False,
-                 autoencoder: str | os.PathLike | None = None) -> Path:
+                 autoencoder: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> Path:
     """Write only the EMA weights and config of a run (for shipping a small pretrained model).
 
     autoencoder: for a latent run, the autoencoder file the exported model should name from now on (e.g. the
-    exported autoencoder beside it); its weights must be the ones the run was trained with (same fingerprint).
-    A file in the same folder as ``out`` is named by its file name alone, so the pair can move together.
+    exported autoencoder beside it); clip: the same for an unCLIP prior or decoder and its CLIP. Its weights must
+    be the ones the run was trained with (same fingerprint). A file in the same folder as ``out`` is named by its
+    file name alone, so the pair can move together.
     """
     ckpt = load_checkpoint(run)
     config = ckpt["config"]
     if autoencoder is not None:
         if not config.get("latent"):
             raise CheckpointError(f"{checkpoint_path(run)} is not a latent diffusion run: it has no autoencoder")
-        latent = LatentConfig(**config["latent"])
-        ae_path = checkpoint_path(autoencoder)
-        load_first_stage(dataclasses.replace(latent, autoencoder=str(ae_path)))
-        same_folder = ae_path.resolve().parent == Path(out).resolve().parent
-        named = ae_path.name if same_folder else str(ae_path)
+        ae_path, named = _renamed(autoencoder, out)
+        load_first_stage(dataclasses.replace(LatentConfig(**config["latent"]), autoencoder=str(ae_path)))
         config = {**config, "latent": {**config["latent"], "autoencoder": named}}
+    if clip is not None:
+        if not config.get("unclip"):
+            raise CheckpointError(f"{checkpoint_path(run)} is not an unCLIP prior or decoder: it has no CLIP")
+        clip_path, named = _renamed(clip, out)
+        load_clip(dataclasses.replace(UnclipConfig(**config["unclip"]), clip=str(clip_path)))
+        config = {**config, "unclip": {**config["unclip"], "clip": named}}
     weights = ckpt["ema"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
@@ -221,43 +236,65 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def first_stage_path(latent: LatentConfig, relative_to: str | os.PathLike | None = None) -> Path:
-    """The autoencoder a latent config names: the path as given (relative to the current folder), else, for a
-    relative path, beside ``relative_to`` (the latent model's file); one line naming it when it is missing."""
-    path = Path(latent.autoencoder)
+def _stage_path(name: str, relative_to: str | os.PathLike | None, what: str, train: str) -> Path:
+    """A stage a config names: the path as given (relative to the current folder), else, for a relative path,
+    beside ``relative_to`` (the model's own file); one line naming it when it is missing."""
+    path = Path(name)
     candidates = [path]
     if not path.is_absolute() and relative_to is not None:
         candidates.append(Path(relative_to).parent / path)
     for c in candidates:
         if checkpoint_path(c).exists():
             return checkpoint_path(c)
-    fix = (f"put it beside {relative_to} (it is the autoencoder this model was trained on)" if relative_to is not None
-           else "train one with: python -m ddpm train --preset mnist-autoencoder, or name yours: --autoencoder PATH")
-    raise CheckpointError(f"the autoencoder {latent.autoencoder} of this latent model is missing (looked for "
+    fix = (f"put it beside {relative_to} (it is the {what} this model was trained on)" if relative_to is not None
+           else f"train one with: {train}")
+    raise CheckpointError(f"the {what} {name} of this model is missing (looked for "
                           f"{' and '.join(str(checkpoint_path(c)) for c in candidates)}); {fix}")
+
+
+def first_stage_path(latent: LatentConfig, relative_to: str | os.PathLike | None = None) -> Path:
+    """The autoencoder a latent config names (see _stage_path)."""
+    return _stage_path(latent.autoencoder, relative_to, "autoencoder",
+                       "python -m ddpm train --preset mnist-autoencoder, or name yours: --autoencoder PATH")
+
+
+def _load_stage(path: Path, kind: str, fingerprint: str | None, what: str, user: str) -> tuple[nn.Module, str]:
+    """(the frozen network of a stage file, eval mode on the CPU, the fingerprint of its weights); refuses another
+    kind of model and weights whose fingerprint differs from the recorded one."""
+    ckpt = load_checkpoint(path)
+    config = _read_config(ckpt, path)
+    if config.model_kind != kind:
+        raise CheckpointError(f"{path} is a {config.model_kind} model, not {what}; {user} needs the {kind} it was "
+                              f"trained on")
+    found = weights_fingerprint(ckpt["ema"])
+    if fingerprint is not None and found != fingerprint:
+        raise CheckpointError(f"the {kind} {path} is not the one this {user} was trained on (its weights' "
+                              f"fingerprint {found[:12]} differs from the recorded {fingerprint[:12]}); "
+                              f"use that {kind}, or train the {user} again on this one")
+    net = _load_weights(build_model(config), ckpt["ema"], path)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval(), found
 
 
 def load_first_stage(latent: LatentConfig, relative_to: str | os.PathLike | None = None,
                      device: str | torch.device = "cpu") -> tuple[Autoencoder, str]:
     """(the autoencoder of a latent config, eval mode and frozen, the fingerprint of its weights). Refuses an
     autoencoder whose weights differ from the fingerprint the latent run recorded."""
-    path = first_stage_path(latent, relative_to)
-    ckpt = load_checkpoint(path)
-    config = _read_config(ckpt, path)
-    if config.model_kind != "autoencoder":
-        raise CheckpointError(f"{path} is a {config.model_kind} model, not an autoencoder; a latent run needs the "
-                              f"autoencoder it was trained on")
-    fingerprint = weights_fingerprint(ckpt["ema"])
-    if latent.fingerprint is not None and fingerprint != latent.fingerprint:
-        raise CheckpointError(f"the autoencoder {path} is not the one this latent model was trained on (its weights' "
-                              f"fingerprint {fingerprint[:12]} differs from the recorded {latent.fingerprint[:12]}); "
-                              f"use that autoencoder, or train the latent model again on this one")
-    ae = _load_weights(build_model(config), ckpt["ema"], path)
-    for p in ae.parameters():
-        p.requires_grad_(False)
+    ae, fingerprint = _load_stage(first_stage_path(latent, relative_to), "autoencoder", latent.fingerprint,
+                                  "an autoencoder", "latent model")
     if latent.scale is not None:  # the latent run's own factor instead of the measured one (an ablation)
         ae.latent_scale.fill_(latent.scale)
-    return ae.to(device).eval(), fingerprint
+    return ae.to(device), fingerprint
+
+
+def load_clip(unclip: UnclipConfig, relative_to: str | os.PathLike | None = None,
+              device: str | torch.device = "cpu") -> tuple[Clip, str]:
+    """(the CLIP an unCLIP prior or decoder names, eval mode and frozen, the fingerprint of its weights)."""
+    path = _stage_path(unclip.clip, relative_to, "CLIP",
+                       "python -m ddpm train --preset mnist-clip, or name yours: --clip PATH")
+    clip, fingerprint = _load_stage(path, "clip", unclip.fingerprint, "a CLIP", "unCLIP stage")
+    return clip.to(device), fingerprint
 
 
 def _read_config(ckpt: dict[str, Any], path: Path) -> Config:
@@ -295,6 +332,7 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", use_ema
         raise CheckpointError(f"{path} has no {key!r} weights (exported files hold only the EMA weights)")
     model = _load_weights(build_model(config), ckpt[key], path).to(device).eval()
     first_stage = load_first_stage(config.latent, path, device)[0] if config.latent is not None else None
+    clip = load_clip(config.unclip, path, device)[0] if config.unclip is not None else None
     diffusion = build_diffusion(config, device)
     return LoadedRun(model, diffusion, config, int(ckpt["step"]), path, tuple(ckpt.get("label_names", ())),
-                     first_stage)
+                     first_stage, clip)

@@ -17,7 +17,9 @@ from ddpm._util import check_mode, dataclass_from_dict
 from ddpm.datasets import caption_max_words, caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS
 from ddpm.nn.autoencoder import AutoencoderConfig
+from ddpm.nn.clip import ClipConfig
 from ddpm.nn.mlp import MLPConfig
+from ddpm.nn.prior import PriorConfig
 from ddpm.nn.unet import UNET_PRESETS, UNetConfig
 from ddpm.schedules import SCHEDULES
 
@@ -26,7 +28,8 @@ Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "SuperResConfig", "Config", "PRESETS",
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "SuperResConfig", "UnclipConfig", "Config",
+           "PRESETS",
            "get_preset",
            "resume_changes", "RESUMABLE_CHANGES", "with_conditioning", "MODEL_KINDS"]
 
@@ -146,7 +149,22 @@ class SuperResConfig:
             raise ValueError(f"aug_max is a fraction of the forward process, in [0, 1], got {self.aug_max}")
 
 
-MODEL_KINDS = {"unet": UNetConfig, "mlp": MLPConfig, "autoencoder": AutoencoderConfig}
+@dataclass(frozen=True)
+class UnclipConfig:
+    """The CLIP that a stage of unCLIP is built on (ddpm.pipelines.unclip): a diffusion prior models its image
+    embeddings given its text embeddings; a decoder turns its image embeddings into images.
+
+    clip: its run folder or exported .pt (looked up as LatentConfig.autoencoder is); fingerprint: the SHA-256 of
+    its weights, filled in when training starts; loading refuses a CLIP whose weights differ, and a pipeline refuses
+    a prior and a decoder built on different CLIPs.
+    """
+
+    clip: str = "runs/mnist-clip"
+    fingerprint: str | None = None
+
+
+MODEL_KINDS = {"unet": UNetConfig, "mlp": MLPConfig, "autoencoder": AutoencoderConfig, "clip": ClipConfig,
+               "prior": PriorConfig}
 
 
 @dataclass(frozen=True)
@@ -160,8 +178,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     latent: LatentConfig | None = None
     super_res: SuperResConfig | None = None
+    unclip: UnclipConfig | None = None
 
     def __post_init__(self) -> None:
+        on_clip = isinstance(self.model, PriorConfig) or self.cond == "embedding"
+        if (self.unclip is not None) != on_clip:
+            raise ValueError(f"an unCLIP prior or decoder (cond='embedding') needs unclip (its CLIP), and only they "
+                             f"have one; got unclip={self.unclip} for a {self.model_kind} with cond={self.cond!r}")
         low_res_channels = getattr(self.model, "low_res_channels", 0)
         if (self.super_res is not None) != (low_res_channels > 0):
             raise ValueError(f"a super-resolution run needs both super_res and a U-Net with low_res_channels > 0, "
@@ -180,17 +203,22 @@ class Config:
         return getattr(self.model, "cond", "none")
 
     @property
+    def captioned(self) -> bool:
+        """Whether training draws a caption for each image: text-conditioned networks, a CLIP, a diffusion prior."""
+        return self.cond == "text" or self.model_kind == "prior"
+
+    @property
     def sampler_defaults(self) -> dict[str, Any]:
-        """Sampler options that differ from the samplers' defaults: a latent run's predicted x_0 is a latent, not
-        pixels in [-1, 1], so it is not clipped (threshold "none")."""
-        return {"threshold": "none"} if self.latent is not None else {}
+        """Sampler options that differ from the samplers' defaults: a latent run's predicted x_0 is a latent, and a
+        prior's a scaled CLIP embedding, not pixels in [-1, 1], so they are not clipped (threshold "none")."""
+        return {"threshold": "none"} if self.latent is not None or self.model_kind == "prior" else {}
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample: (C, H, W) for images (and for latents: what the U-Net is built for),
         (dim,) for 2D toys."""
         m = self.model
-        return (m.dim,) if isinstance(m, MLPConfig) else (m.in_channels, m.image_size, m.image_size)
+        return (m.dim,) if isinstance(m, (MLPConfig, PriorConfig)) else (m.in_channels, m.image_size, m.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict (what config.json and checkpoints store)."""
@@ -205,6 +233,8 @@ class Config:
             d["latent"] = dataclasses.asdict(self.latent)
         if self.super_res is not None:
             d["super_res"] = dataclasses.asdict(self.super_res)
+        if self.unclip is not None:
+            d["unclip"] = dataclasses.asdict(self.unclip)
         return d
 
     @classmethod
@@ -220,13 +250,14 @@ class Config:
             latent=dataclass_from_dict(LatentConfig, d["latent"]) if d.get("latent") is not None else None,
             super_res=(dataclass_from_dict(SuperResConfig, d["super_res"]) if d.get("super_res") is not None
                        else None),
+            unclip=dataclass_from_dict(UnclipConfig, d["unclip"]) if d.get("unclip") is not None else None,
         )
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with fields replaced; keys may name a section (data=..., model=...) or any field of
         TrainConfig, DataConfig, DiffusionConfig or the model config (e.g. steps=500, cond="text")."""
         sections = {"data": self.data, "model": self.model, "diffusion": self.diffusion, "train": self.train}
-        for name in ("latent", "super_res"):
+        for name in ("latent", "super_res", "unclip"):
             if getattr(self, name) is not None:
                 sections[name] = getattr(self, name)
         top = {}
@@ -245,7 +276,8 @@ class Config:
             name = owners[0]
             sections[name] = dataclasses.replace(sections[name], **{key: value})
         sections.update({k: v for k, v in top.items() if k != "preset"})
-        return Config(preset=top.get("preset", self.preset), **{"latent": None, "super_res": None, **sections})
+        return Config(preset=top.get("preset", self.preset), **{"latent": None, "super_res": None, "unclip": None,
+                                                                        **sections})
 
 
 # Settings that --resume may change: they do not alter the path of the optimization that is already done
@@ -258,7 +290,8 @@ def resume_changes(saved: Config, requested: Config) -> list[str]:
     """What ``requested`` changes in a run saved with ``saved``, as "name: old -> new" lines. Raises a
     ValueError naming every change that would make the resumed run a different training."""
     if (saved.model != requested.model or saved.diffusion != requested.diffusion or saved.data != requested.data
-            or saved.latent != requested.latent or saved.super_res != requested.super_res):
+            or saved.latent != requested.latent or saved.super_res != requested.super_res
+            or saved.unclip != requested.unclip):
         raise ValueError(f"this run was trained with preset {saved.preset!r} and a different network, diffusion "
                          f"or data; resume it with the same settings, or start a new --name")
     old, new = saved.to_dict()["train"], requested.to_dict()["train"]
@@ -353,6 +386,23 @@ PRESETS: dict[str, Config] = {
         preset="mnist-sr28", data=DataConfig(dataset="mnist"),
         model=with_conditioning(UNET_PRESETS["mnist-sr28"], "text", "mnist"),
         train=TrainConfig(**{**_MNIST_TRAIN, "steps": 1200, "cond_lr_scale": 0.1}), super_res=SuperResConfig()),
+    # unCLIP (DALL-E 2 in miniature, docs/results.md "unCLIP"): a tiny CLIP trained on digits and captions; a
+    # diffusion prior of its image embeddings given its text embeddings (x0-prediction, cosine schedule); a decoder
+    # of digits given the image embedding. The prior and decoder name the CLIP (UnclipConfig, --clip).
+    "mnist-clip": Config(
+        preset="mnist-clip", data=DataConfig(dataset="mnist"),
+        model=ClipConfig(vocab=caption_vocabulary("mnist"), max_prompt_len=caption_max_words("mnist")),
+        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 600, "batch_size": 256, "lr": 1e-3, "warmup": 50,
+                             "weight_decay": 0.1, "guidance": 1.0})),
+    "mnist-prior": Config(
+        preset="mnist-prior", data=DataConfig(dataset="mnist"), model=PriorConfig(),
+        diffusion=DiffusionConfig(schedule="cosine", prediction="x0"),
+        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 2000, "batch_size": 256, "lr": 1e-3, "ckpt_every": 500,
+                             "log_every": 50}),
+        unclip=UnclipConfig()),
+    "mnist-decoder": Config(
+        preset="mnist-decoder", data=DataConfig(dataset="mnist"), model=UNET_PRESETS["mnist-decoder"],
+        train=TrainConfig(**_MNIST_TRAIN), unclip=UnclipConfig()),
     "tiny": Config(  # for tests: seconds on a CPU
         preset="tiny", data=DataConfig(dataset="mnist"),
         model=with_conditioning(UNET_PRESETS["tiny"], "class", "mnist"),

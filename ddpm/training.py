@@ -49,10 +49,12 @@ from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
 from ddpm.datasets import Labels, captions_for
 from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
 from ddpm.pipelines import (
+    attach_clip,
     attach_first_stage,
     scaled_latents,
     store_latent_scale,
     training_grid,
+    training_inputs,
     training_loader,
     training_model,
 )
@@ -117,7 +119,13 @@ class Trainer:
                 self.first_stage, self.config = attach_first_stage(self.config, self.device)
             except (CheckpointError, ValueError) as e:
                 raise TrainingError(str(e)) from None
-        self.loader = training_loader(self.config, self.local_batch, dist, dataset, self.first_stage)
+        self.clip = None  # an unCLIP prior's or decoder's frozen CLIP (ddpm.pipelines.unclip)
+        if self.config.unclip is not None:
+            try:
+                self.clip, self.config = attach_clip(self.config, self.device)
+            except (CheckpointError, ValueError) as e:
+                raise TrainingError(str(e)) from None
+        self.loader = training_loader(self.config, self.local_batch, dist, dataset, self.first_stage or self.clip)
         self.label_names = tuple(getattr(self.loader.dataset, "label_names", ()))
         self.model = build_model(self.config).to(self.device)
         self.diffusion = build_diffusion(self.config, self.device)
@@ -151,7 +159,7 @@ class Trainer:
         labels, attributes = (y.labels, y.attributes) if isinstance(y, Labels) else (y, None)
         if cond == "class":
             return labels.to(self.device)
-        if cond == "text":
+        if self.config.captioned:
             return captions_for(self.label_names, labels, generator=self.caption_gen,
                                 dataset=self.config.data.dataset, attributes=attributes)
         return None
@@ -168,14 +176,17 @@ class Trainer:
         x0 = x0.to(self.device, non_blocking=True)
         if self.first_stage is not None:
             x0 = scaled_latents(self.first_stage, x0, cached=self.config.latent.cache)
-        if t is None and self.config.model_kind != "autoencoder":
+        if self.clip is not None:  # unCLIP: the prior's embeddings, the decoder's condition
+            x0, cond = training_inputs(self.clip, self.config, x0, cond)
+        own_loss = self.config.model_kind in ("autoencoder", "clip")  # not a diffusion model: its loss is its own
+        if t is None and not own_loss:
             t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
         net = self.net  # a super-resolution run's: with this batch's augmented low-res inputs (pipelines.cascade)
         if self.config.super_res is not None:
             net = training_model(self.net, self.diffusion, x0, self.config.super_res)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            if self.config.model_kind == "autoencoder":
-                losses = self.net(x0)
+            if own_loss:
+                losses = self.net(x0) if cond is None else self.net(x0, cond)
             else:
                 losses = self.diffusion.training_loss(net, x0, cond, t=t, noise=noise, reduction="none",
                                                       min_snr_gamma=self.config.diffusion.min_snr_gamma)
@@ -278,7 +289,7 @@ class Trainer:
         return training_grid(self.config, self.ema.model, self.diffusion,
                              self.run_dir / "samples" / f"step_{self.step:06d}.png", step=self.step,
                              label_names=self.label_names, images=images, labels=labels,
-                             first_stage=self.first_stage, device=self.device)
+                             first_stage=self.first_stage, clip=self.clip, device=self.device)
 
     # ------------------------------------------------------------------ the loop
     def _request_stop(self) -> None:

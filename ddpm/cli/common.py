@@ -187,6 +187,15 @@ def load_image_run(run: str | None, device, use_ema: bool = True, text: bool = F
     if loaded.config.model_kind == "autoencoder":
         raise UsageError(f"{loaded.path} is an autoencoder (the first stage of latent diffusion), not a diffusion "
                          f"model: see python -m ddpm evaluate --run {loaded.path}, or sample from a latent run")
+    unclip = {"clip": f"a CLIP (unCLIP's encoders), not a diffusion model: see python -m ddpm evaluate --run "
+                      f"{loaded.path}",
+              "prior": f"unCLIP's diffusion prior (it makes CLIP embeddings, not images): use python -m ddpm sample "
+                       f"--unclip --prior {loaded.path} --prompt \"a thick seven\""}
+    if loaded.config.model_kind in unclip:
+        raise UsageError(f"{loaded.path} is {unclip[loaded.config.model_kind]}")
+    if loaded.cond == "embedding":
+        raise UsageError(f"{loaded.path} is unCLIP's decoder (it decodes CLIP image embeddings): use python -m ddpm "
+                         f"sample --unclip --decoder {loaded.path} --prompt \"a thick seven\", or --variations 0")
     return loaded
 
 

@@ -27,6 +27,7 @@ from ddpm.cli.refine import (
     load_refiner,
     resolve_stage,
 )
+from ddpm.cli.unclip import add_unclip_flags, load_unclip
 from ddpm.metrics import (
     cascade_sweep,
     evaluate_run,
@@ -36,6 +37,8 @@ from ddpm.metrics import (
     quality_sweep,
     report_path,
 )
+from ddpm.metrics.unclip import evaluate_unclip_run, unclip_rows
+from ddpm.pipelines.unclip import Stage
 from ddpm.viz import plot_quality_vs_calls
 
 __all__ = ["add_arguments", "run"]
@@ -67,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="JSON report (default: <run>/eval.json)")
     p.add_argument("--seed", type=common.nonnegative_int, default=0)
     add_refine_flags(p, several=True)
+    add_unclip_flags(p, sample=False)
+    p.add_argument("--class-run", default=None, help="an unCLIP decoder's variations are compared with this "
+                                                     "class-conditional model's samples (default: runs/mnist, else "
+                                                     "the shipped one)")
     common.add_device_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -87,6 +94,8 @@ def run(args) -> int:
     device = common.setup_device(args)
     steps, options = common.sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
     loaded, refiner = load_run(run_path, device=device), None
+    if loaded.config.unclip is not None or loaded.config.model_kind == "clip":
+        return _unclip(args, loaded, device, out)
     if args.refine is not None:
         refiner = load_refiner(args, device, options, levels[0] if levels else None)
         check_stages(loaded, refiner)
@@ -141,4 +150,28 @@ def _sweep(args, run_path: Path) -> int:
     plot_quality_vs_calls(result["rows"], title=f"{result['run']}: quality per model call", path=png)
     print(format_sweep(result))
     print(f"wrote {out} and {png}")
+    return 0
+
+
+def _unclip(args, loaded, device, out: Path) -> int:
+    """A CLIP, a prior or a decoder (with --prior: text to image; and its variations) (ddpm.metrics.unclip)."""
+    if len(args.sampler) > 1 or args.refine is not None:
+        raise common.UsageError("unCLIP's stages are evaluated one at a time: drop the sampler list and --refine")
+    kind = "decoder" if loaded.cond == "embedding" else loaded.config.model_kind
+    prior = decoder = class_run = None
+    if kind == "prior":
+        prior = Stage(loaded, args.prior_sampler, args.prior_steps, args.prior_guidance)
+    elif kind == "decoder":
+        args.sampler, args.steps = args.sampler[0], (args.steps or [None])[0]
+        unclip = load_unclip(args, device, decoder=loaded)
+        prior, decoder = unclip.prior, unclip.decoder
+        class_run = common.load_image_run(args.class_run, device)
+    report = evaluate_unclip_run(loaded, prior=prior, decoder=decoder, class_run=class_run,
+                                 n_samples=args.n_samples, classifier=args.classifier, seed=args.seed,
+                                 batch_size=args.sample_batch_size, progress=not args.no_progress)
+    path = write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    width = max(len(k) for k, _ in unclip_rows(report)) + 2
+    print(f"{loaded.path} ({loaded.config.preset}, step {loaded.step})")
+    print("\n".join(f"{k:<{width}}{v}" for k, v in unclip_rows(report)))
+    print(f"wrote {path}")
     return 0

@@ -16,10 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
     p.add_argument("--autoencoder", help="for a latent run: the (exported) autoencoder the file should name from now "
                                          "on; it must hold the weights the run was trained with")
+    p.add_argument("--clip", help="for an unCLIP prior or decoder: the (exported) CLIP the file should name from now "
+                                  "on; it must hold the weights the run was trained with")
 
 
 def run(args) -> int:
     out = check_output(args.out, (".pt",), "--out")
-    path = export_model(args.run, out, half=args.half, autoencoder=args.autoencoder)
+    path = export_model(args.run, out, half=args.half, autoencoder=args.autoencoder, clip=args.clip)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -1,7 +1,8 @@
 """Sample from a trained run (EMA weights) and write an image grid; optionally the reverse process as a GIF.
 
 With --refine, a cascade: the base run's small samples and their refinements by a super-resolution run, side by
-side; with --refine and --from-test, real test digits shrunk, refined, and as they were (ddpm.cli.refine)."""
+side; with --refine and --from-test, real test digits shrunk, refined, and as they were (ddpm.cli.refine).
+With --unclip, text -> prior -> decoder; with --variations, a digit's CLIP embedding decoded again (ddpm.cli.unclip)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from ddpm.cli.refine import (
     load_refiner,
     resolve_stage,
 )
+from ddpm.cli.unclip import add_unclip_flags, unclip_text, unclip_variations
 from ddpm.conditions import condition_for_labels
 from ddpm.datasets import area_downsample, load_dataset, to_float
 from ddpm.samplers import sample
@@ -59,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-test", action="store_true", help="with --refine: refine --n real test digits (a random "
                                                              "set, by --seed) shrunk to the low resolution, beside "
                                                              "bicubic upsampling and the originals")
+    add_unclip_flags(p)
     add_device_flags(p)
 
 
@@ -109,11 +112,29 @@ def _refine_test_digits(args, device) -> int:
     return 0
 
 
+def _unclip(args, device) -> int:
+    if args.unclip and args.variations is not None:
+        raise UsageError("--unclip samples from prompts and --variations from a digit: give one of them")
+    for flag, given in (("--run", args.run), ("--refine", args.refine is not None), ("--trajectory", args.trajectory),
+                        ("--vocabulary", args.vocabulary), ("--no-ema", args.no_ema)):
+        if given:
+            raise UsageError(f"{flag} is not for unCLIP, whose stages are --prior and --decoder: drop {flag}")
+    out_dir = Path("samples")
+    if args.out:
+        check_output(args.out, (".png",), "--out")
+    return unclip_text(args, device, out_dir) if args.unclip else unclip_variations(args, device, out_dir)
+
+
 def run(args) -> int:
     device = setup_device(args)
     if args.out:
         check_output(args.out, (".png",), "--out")  # before loading anything
     _check_cascade_flags(args)
+    if args.unclip or args.variations is not None:
+        return _unclip(args, device)
+    for flag in ("decoder", "prior", "prior_sampler", "prior_steps", "prior_guidance"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} is for unCLIP: add --unclip (or --variations)")
     if args.from_test:
         return _refine_test_digits(args, device)
     text = args.prompt is not None or args.vocabulary  # without --run: the text model (runs/mnist-text or shipped)

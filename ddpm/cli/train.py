@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cond", choices=("none", "class", "text"), help="conditioning (default: the preset's)")
     p.add_argument("--autoencoder", help="latent presets: the trained autoencoder (run folder or .pt) whose latents "
                                          "to model (default: the preset's, runs/mnist-autoencoder)")
+    p.add_argument("--clip", help="unCLIP's prior and decoder presets: the trained CLIP (run folder or .pt) whose "
+                                  "embeddings to model (default: the preset's, runs/mnist-clip)")
     p.add_argument("--aug-max", type=_fraction, help="super-resolution presets: the highest noise-augmentation "
                                                     "level of the low-res input in training, in [0, 1] (0: none, "
                                                     "the ablation; default: the preset's 0.5)")
@@ -77,7 +79,7 @@ def _overrides(args) -> dict:
         "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
         "compile": True if args.compile else None, "cond": args.cond,
         "cond_lr_scale": args.cond_lr_scale, "precision": args.precision,
-        "autoencoder": args.autoencoder, "aug_max": args.aug_max}.items() if v is not None}
+        "autoencoder": args.autoencoder, "aug_max": args.aug_max, "clip": args.clip}.items() if v is not None}
 
 
 def _run_dir(args) -> Path:
@@ -96,6 +98,10 @@ def train_config(args, run_dir: Path) -> Config:
     if args.autoencoder is not None and (args.resume or preset is None or preset.latent is None):
         latent = ", ".join(name for name, c in PRESETS.items() if c.latent is not None)
         raise UsageError(f"--autoencoder is for a new run of a latent preset ({latent}); a resumed run keeps its own")
+    if args.clip is not None and (args.resume or preset is None or preset.unclip is None):
+        stages = ", ".join(name for name, c in PRESETS.items() if c.unclip is not None)
+        raise UsageError(f"--clip is for a new run of an unCLIP prior or decoder preset ({stages}); a resumed run "
+                         f"keeps its own")
     if args.aug_max is not None and (args.resume or preset is None or preset.super_res is None):
         sr = ", ".join(name for name, c in PRESETS.items() if c.super_res is not None)
         raise UsageError(f"--aug-max is for a new run of a super-resolution preset ({sr})")
@@ -157,6 +163,13 @@ def run(args) -> int:
         elif trainer.config.model_kind == "autoencoder":  # a first stage: judge it, then train a DDPM on its latents
             print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm train --preset mnist-latent "
                   f"(its config names runs/mnist-autoencoder; another autoencoder: --autoencoder {run_dir})")
+        elif trainer.config.model_kind == "clip":  # unCLIP's encoders: judge them, then the prior and decoder on them
+            print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm train --preset mnist-prior and "
+                  f"--preset mnist-decoder (their configs name runs/mnist-clip; another CLIP: --clip {run_dir})")
+        elif trainer.config.unclip is not None:
+            stage = "--prior" if trainer.config.model_kind == "prior" else "--decoder"
+            print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm sample --unclip {stage} {run_dir} "
+                  f"--prompt \"a thick seven\"")
         else:
             print(f"next: python -m ddpm sample --run {run_dir}")
     if dist.enabled:

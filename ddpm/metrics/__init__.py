@@ -25,6 +25,8 @@ Two families of numbers:
     frechet.py      feature statistics, the Frechet distance, Inception FID (optional dependencies)
     evaluate.py     bits/dim of a dataset, class-balanced samples, evaluate_run and its report table
     super_res.py    a cascade's super-resolution model on real digits shrunk: PSNR, accuracy, Frechet vs bicubic
+    unclip.py       unCLIP: the CLIP's zero-shot accuracy and retrieval, the prior's embeddings against the true
+                    ones, text-to-image through prior and decoder, variations (class kept, diversity)
     sweep.py        quality per model call: several samplers and step counts, judged alike; a cascade per
                     augmentation level
 

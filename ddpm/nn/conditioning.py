@@ -288,3 +288,49 @@ class TextConditioner(nn.Module):
         m = rearrange(mask, "b l -> b l 1").to(tokens.dtype)
         pooled = (tokens * m).sum(dim=1) / m.sum(dim=1)  # [B, D]: mean over real tokens
         return self.to_emb(pooled), tokens, mask
+
+
+class EmbeddingConditioner(nn.Module):
+    """A CLIP embedding [B, D] -> (vector [B, emb_dim], ``tokens`` context tokens [B, tokens, context_dim] or None).
+
+    unCLIP's decoder (Ramesh et al. 2022, Sec. 2.1) adds a projection of the CLIP image embedding to the time
+    embedding and also gives it as 4 extra tokens to attend to; the diffusion prior uses the vector alone (its
+    condition is the CLIP text embedding). The input is a unit vector, scaled by sqrt(D) (unit scale per
+    coordinate) before the linear maps. The null condition is the zero vector (what DALL-E 2 sets the embedding
+    to for guidance): rows that are all zero get the learned null vector and null tokens instead.
+    """
+
+    def __init__(self, embed_dim: int, emb_dim: int, tokens: int = 0, context_dim: int = 0):
+        super().__init__()
+        self.embed_dim, self.num_tokens, self.context_dim = embed_dim, tokens, context_dim
+        self.to_emb = nn.Linear(embed_dim, emb_dim)
+        self.null_emb = nn.Parameter(torch.zeros(emb_dim))
+        self.to_tokens = nn.Linear(embed_dim, tokens * context_dim) if tokens else None
+        self.null_tokens = nn.Parameter(torch.randn(tokens, context_dim) * 0.02) if tokens else None
+
+    def to_ids(self, cond: Tensor | None, batch_size: int, device: torch.device) -> Tensor:
+        """Validate embeddings [B, D] (a zero row = null for that sample); None -> all null."""
+        if cond is None:
+            return torch.zeros(batch_size, self.embed_dim, device=device)
+        e = torch.as_tensor(cond, device=device)
+        if not e.dtype.is_floating_point or e.shape != (batch_size, self.embed_dim):
+            raise ValueError(f"this network is conditioned on CLIP embeddings: a float tensor [B, D] = "
+                             f"[{batch_size}, {self.embed_dim}], got {e.dtype} {tuple(e.shape)}")
+        if not torch.isfinite(e).all():
+            raise ValueError("the CLIP embeddings given as the condition are not all finite")
+        return e.float()
+
+    def replace_with_null(self, e: Tensor, drop: Tensor) -> Tensor:
+        """e [B, D], drop [B] bool -> e with the dropped rows zeroed (the null condition)."""
+        return torch.where(rearrange(drop, "b -> b 1"), torch.zeros_like(e), e)
+
+    def forward(self, e: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """e [B, D] -> (vector [B, emb_dim], tokens [B, k, context_dim] or None, their mask [B, k] or None)."""
+        null = rearrange((e == 0).all(dim=-1), "b -> b 1")  # [B, 1]
+        x = e * math.sqrt(self.embed_dim)
+        vec = torch.where(null, self.null_emb.to(x.dtype), self.to_emb(x))
+        if self.to_tokens is None:
+            return vec, None, None
+        tokens = rearrange(self.to_tokens(x), "b (k d) -> b k d", k=self.num_tokens)
+        tokens = torch.where(rearrange(null, "b 1 -> b 1 1"), self.null_tokens.to(tokens.dtype), tokens)
+        return vec, tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddpm.nn.conditioning import ClassConditioner, TextConditioner, Tokenizer
+from ddpm.nn.conditioning import ClassConditioner, EmbeddingConditioner, TextConditioner, Tokenizer
 from ddpm.nn.embeddings import TimestepEmbedding
 from ddpm.nn.layers import CrossAttention, Downsample, ResAttnBlock, ResBlock, SelfAttention, Upsample
 from ddpm.nn.unet_config import UNET_PRESETS, CondMode, UNetConfig, near_multiples
@@ -47,13 +47,15 @@ class UNet(nn.Module):
         self.config = c = config
         self.emb_dim = 4 * c.ch
         self.time_embed = TimestepEmbedding(c.ch, self.emb_dim)
-        self.conditioner: ClassConditioner | TextConditioner | None = None  # text: conditioner.tokenizer
+        self.conditioner: ClassConditioner | TextConditioner | EmbeddingConditioner | None = None
         if c.cond == "class":
             self.conditioner = ClassConditioner(c.num_classes, self.emb_dim)
         elif c.cond == "text":
             self.conditioner = TextConditioner(
                 Tokenizer(c.vocab), c.max_prompt_len, c.text_dim, c.text_layers, c.text_heads, self.emb_dim
             )
+        elif c.cond == "embedding":  # unCLIP's decoder: a CLIP image embedding, also as tokens to attend to
+            self.conditioner = EmbeddingConditioner(c.embed_dim, self.emb_dim, c.embed_tokens, c.text_dim)
         # super-resolution: the low-res image enters beside x_t, its augmentation level beside t
         self.aug_embed = TimestepEmbedding(c.ch, self.emb_dim) if c.low_res_channels else None
         self.conv_in = nn.Conv2d(c.in_channels + c.low_res_channels, c.ch, 3, padding=1)
@@ -189,7 +191,8 @@ class UNet(nn.Module):
 
         cond: None = the learned null condition for every sample (unconditional); for cond="class" a
         LongTensor [B] of labels (-1 = null for that sample); for cond="text" a list of B prompts
-        ("" = null) or a LongTensor [B, L] of token ids. In train mode each sample's condition is replaced by
+        ("" = null) or a LongTensor [B, L] of token ids; for cond="embedding" CLIP embeddings [B, D] (a zero row =
+        null). In train mode each sample's condition is replaced by
         the null one with probability ``config.cond_drop_prob`` (classifier-free guidance training).
         low_res, aug_t (super-resolution U-Nets only, ``low_res_channels`` > 0): the low-res image upsampled to
         [B, low_res_channels, H, W] and its noise-augmentation step [B] (0: clean; ddpm.pipelines.cascade).
@@ -209,8 +212,8 @@ class UNet(nn.Module):
             if self.training and cond is not None and self.config.cond_drop_prob > 0:
                 drop = torch.rand(x.shape[0], device=x.device) < self.config.cond_drop_prob  # per sample
                 ids = self.conditioner.replace_with_null(ids, drop)
-            if isinstance(self.conditioner, TextConditioner):
-                cvec, context, mask = self.conditioner(ids)  # [B, 4ch], [B, L, D], [B, L]
+            if isinstance(self.conditioner, (TextConditioner, EmbeddingConditioner)):
+                cvec, context, mask = self.conditioner(ids)  # [B, 4ch], [B, L, D], [B, L] (or None)
             else:
                 cvec = self.conditioner(ids)  # [B, 4ch]
             emb = emb + cvec

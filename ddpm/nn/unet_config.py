@@ -39,7 +39,7 @@ from ddpm.nn.layers import DownsamplePad
 
 __all__ = ["UNetConfig", "UNET_PRESETS", "CondMode"]
 
-CondMode = Literal["none", "class", "text"]
+CondMode = Literal["none", "class", "text", "embedding"]
 
 
 def near_multiples(size: int, factor: int) -> str:
@@ -87,7 +87,9 @@ class UNetConfig:
     text_dim: int = 64
     text_layers: int = 2
     text_heads: int = 4
-    cross_attn_resolutions: tuple[int, ...] = ()  # text cross-attention at these resolutions
+    cross_attn_resolutions: tuple[int, ...] = ()  # cross-attention to the text (or embedding tokens) here
+    embed_dim: int = 64  # for cond="embedding" (unCLIP's decoder): the CLIP embedding's size D
+    embed_tokens: int = 4  # ... and the context tokens made of it for cross-attention (DALL-E 2: 4)
     cond_drop_prob: float = 0.1  # per-sample condition dropout for classifier-free guidance (train mode)
     # super-resolution (a cascade's second stage): channels of the upsampled low-res image concatenated to x_t
     # (0: none), and the embedding of its noise-augmentation level added to the time embedding
@@ -139,9 +141,12 @@ class UNetConfig:
         if self.cond == "text" and not self.vocab:
             raise ValueError("cond='text' needs a vocabulary: pass vocab=MNIST_CAPTION_VOCAB or "
                              "Tokenizer.from_captions(captions).vocab")
-        if self.cross_attn_resolutions and self.cond != "text":
-            raise ValueError(f"cross_attn_resolutions={self.cross_attn_resolutions} needs cond='text', "
-                             f"got cond={self.cond!r}")
+        if self.cross_attn_resolutions and self.cond not in ("text", "embedding"):
+            raise ValueError(f"cross_attn_resolutions={self.cross_attn_resolutions} needs cond='text' or "
+                             f"'embedding', got cond={self.cond!r}")
+        if self.cond == "embedding" and min(self.embed_dim, self.embed_tokens) < 1:
+            raise ValueError(f"cond='embedding' needs embed_dim and embed_tokens >= 1, got {self.embed_dim}, "
+                             f"{self.embed_tokens}")
 
     @property
     def downsample_factor(self) -> int:
@@ -192,6 +197,10 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     # 14 -> 28 model, the mnist U-Net with the upsampled low-res digit as a second input channel
     "mnist-14": dataclasses.replace(_MNIST, image_size=14, ch_mult=(1, 2), num_res_blocks=2),
     "mnist-sr28": dataclasses.replace(_MNIST, low_res_channels=1),
+    # unCLIP's decoder (ddpm.pipelines.unclip): the mnist U-Net conditioned on a 64-d CLIP image embedding, in the
+    # time embedding and as 4 tokens for cross-attention at 7x7
+    "mnist-decoder": dataclasses.replace(_MNIST, cond="embedding", embed_dim=64, embed_tokens=4,
+                                         cross_attn_resolutions=(7,)),
     "tiny": UNetConfig(
         in_channels=1, image_size=28, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
         dropout=0.0, num_groups=4,

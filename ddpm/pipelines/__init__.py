@@ -5,6 +5,8 @@
     cascade   Imagen in miniature: a base model of small images and a super-resolution model that refines them
               (noise conditioning augmentation of its low-res input, the Refiner that runs it after the base)
     grids     the picture a training run draws of its progress, for every kind of run
+    unclip    DALL-E 2 in miniature: a tiny CLIP, a diffusion prior of its image embeddings given its text
+              embeddings, a decoder of images given image embeddings; text-to-image and variations
     data      the training data of a run: images (+ attributes), a toy's points, or cached latent moments
 """
 
@@ -19,7 +21,8 @@ from ddpm.pipelines.cascade import (
 from ddpm.pipelines.data import training_loader
 from ddpm.pipelines.grids import training_grid
 from ddpm.pipelines.latent import attach_first_stage, reconstruction_rows, scaled_latents, store_latent_scale
+from ddpm.pipelines.unclip import Unclip, attach_clip, training_inputs
 
 __all__ = ["attach_first_stage", "scaled_latents", "store_latent_scale", "reconstruction_rows", "training_grid",
            "training_loader", "Refiner", "check_cascade", "training_model", "bicubic_to",
-           "DEFAULT_AUG_LEVEL", "shared_options"]
+           "DEFAULT_AUG_LEVEL", "shared_options", "Unclip", "attach_clip", "training_inputs"]

@@ -7,15 +7,17 @@ from __future__ import annotations
 from ddpm.config import Config
 from ddpm.datasets import BatchLoader, ImageDataset, caption_vocabulary, load_dataset, shrink, toy2d, with_attributes
 from ddpm.nn.autoencoder import Autoencoder, encode_moments
+from ddpm.nn.clip import Clip
 from ddpm.runtime import DistInfo
 
 __all__ = ["training_loader"]
 
 
 def training_loader(config: Config, batch_size: int, dist: DistInfo, dataset: ImageDataset | None = None,
-                    first_stage: Autoencoder | None = None) -> BatchLoader:
+                    first_stage: Autoencoder | Clip | None = None) -> BatchLoader:
     """This rank's BatchLoader of the config's training data (or of ``dataset``), batch_size per rank; images
-    that do not fit the network (or a latent run's autoencoder), or a conditional model without labels, raise."""
+    that do not fit the network (or the frozen network they go through first: a latent run's autoencoder, an
+    unCLIP stage's CLIP), or a conditional model without labels, raise."""
     dc, tc = config.data, config.train
     common = dict(shuffle=True, drop_last=True, seed=tc.seed, rank=dist.rank, world_size=dist.world_size)
     if dc.dataset == "toy2d" and dataset is None:
@@ -24,7 +26,10 @@ def training_loader(config: Config, batch_size: int, dist: DistInfo, dataset: Im
     if dataset is None:
         dataset = load_dataset(dc.dataset, split="train", root=dc.root)
         # text runs put the digits' style into words, if their vocabulary has the words (older runs' do not)
-        if config.cond == "text" and set(caption_vocabulary(dc.dataset)) <= set(m.vocab):
+        # (a prior's captions go to its CLIP: the CLIP's vocabulary)
+        vocab = getattr(m, "vocab", None) or getattr(getattr(first_stage, "config", None), "vocab", None)
+        vocab = vocab if config.captioned else None
+        if vocab is not None and set(caption_vocabulary(dc.dataset)) <= set(vocab):
             dataset = with_attributes(dataset, root=dc.root)  # measured on the full-size digits
     if dc.image_size is not None and dataset.image_size > dc.image_size:  # a cascade's base: area-averaged
         dataset = shrink(dataset, dc.image_size)
@@ -35,6 +40,6 @@ def training_loader(config: Config, batch_size: int, dist: DistInfo, dataset: Im
                          f"{image.image_size}; pick a preset made for this dataset")
     if config.cond != "none" and dataset.labels is None:
         raise ValueError(f"cond={config.cond!r} needs labels but the dataset {dataset.name} has none; use cond='none'")
-    if first_stage is not None and config.latent.cache:  # the encoder runs once, not every step
+    if config.latent is not None and config.latent.cache:  # the encoder runs once, not every step
         common["encoded"] = encode_moments(first_stage, dataset.images)
     return BatchLoader(dataset, batch_size, hflip=dc.hflip, **common)

@@ -14,13 +14,15 @@ from torch import nn
 from ddpm.checkpoints import LoadedRun
 from ddpm.conditions import condition_for_labels
 from ddpm.config import Config
-from ddpm.datasets import area_downsample, to_float
+from ddpm.datasets import area_downsample, class_prompts, to_float
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.nn.autoencoder import Autoencoder
+from ddpm.nn.clip import Clip
 from ddpm.pipelines.cascade import Refiner
 from ddpm.pipelines.latent import reconstruction_rows
+from ddpm.pipelines.unclip import Stage, from_prior_space, zero_shot_logits
 from ddpm.samplers import ddim_sample
-from ddpm.viz import class_grid, plot_points, save_grid
+from ddpm.viz import class_grid, plot_matrix, plot_points, save_grid
 
 __all__ = ["training_grid"]
 
@@ -28,13 +30,17 @@ __all__ = ["training_grid"]
 @torch.no_grad()
 def training_grid(config: Config, model: nn.Module, diffusion: GaussianDiffusion, path: Path, *, step: int,
                   label_names: Sequence[str], images: torch.Tensor | None = None,
-                  labels: torch.Tensor | None = None, first_stage: Autoencoder | None = None, device=None) -> Path:
+                  labels: torch.Tensor | None = None, first_stage: Autoencoder | None = None,
+                  clip: Clip | None = None, device=None) -> Path:
     """Write the grid of ``model`` (the EMA weights) to path. images, labels: training images (uint8) and their
-    labels, which an autoencoder's grid reconstructs (the first 32) and a super-resolution model's refines (the
-    first 8); first_stage: a latent run's autoencoder."""
+    labels, which an autoencoder's grid reconstructs (the first 32), a super-resolution model's refines (the
+    first 8) and an unCLIP decoder decodes (the first 8); first_stage: a latent run's autoencoder; clip: an unCLIP
+    stage's CLIP."""
     tc, m = config.train, config.model
     if config.model_kind == "autoencoder":
         return save_grid(reconstruction_rows(model, images[:32]), path, nrow=8)
+    if config.model_kind in ("clip", "prior") or clip is not None:
+        return _unclip_grid(config, model, diffusion, path, step, label_names, images, labels, clip or model, device)
     if config.super_res is not None:
         x = to_float(images[:8]).to(device)
         low = area_downsample(x, config.super_res.low_res)
@@ -56,3 +62,31 @@ def training_grid(config: Config, model: nn.Module, diffusion: GaussianDiffusion
     if first_stage is not None:
         x = first_stage.from_latents(x).clamp(-1, 1)
     return save_grid(x, path, nrow=nrow)
+
+
+def _unclip_grid(config: Config, model: nn.Module, diffusion: GaussianDiffusion, path: Path, step: int,
+                 label_names: Sequence[str], images: torch.Tensor, labels: torch.Tensor, clip: Clip, device) -> Path:
+    """A CLIP: the cosine similarity of one training digit per class to the ten class prompts. A prior: how CLIP
+    classifies 10 sampled image embeddings per class prompt. A decoder: 8 training digits above 3 decodings of
+    each one's image embedding (variations)."""
+    tc = config.train
+    g = torch.Generator(device).manual_seed(1234)
+    run = LoadedRun(model, diffusion, config, step, path)
+    if config.cond == "embedding" and config.model_kind == "unet":
+        x = to_float(images[:8]).to(device)
+        e = clip.encode_image(x).repeat(3, 1)
+        decoded = Stage(run, "ddim", tc.sample_steps, tc.guidance)(e, g).clamp(-1, 1)
+        return save_grid(torch.cat([x, decoded]), path, nrow=8)
+    prompts = class_prompts(label_names, torch.arange(len(label_names)), config.data.dataset)
+    text = clip.encode_text(prompts)
+    if config.model_kind == "clip":
+        first = [int((labels == k).nonzero()[0, 0]) for k in range(len(label_names))]
+        sim = clip.encode_image(to_float(images[first]).to(device)) @ text.T
+        return plot_matrix(sim.cpu(), [f"a digit {n}" for n in label_names], prompts, path=path,
+                           title=f"CLIP cosine similarity, step {step}")
+    per = 10
+    e = from_prior_space(Stage(run, "ddim", tc.sample_steps, tc.guidance)(text.repeat_interleave(per, 0), g))
+    predicted = zero_shot_logits(e, text).argmax(-1).reshape(len(prompts), per)
+    counts = torch.stack([torch.bincount(row, minlength=len(prompts)) for row in predicted])
+    return plot_matrix(counts.cpu(), prompts, list(label_names), fmt="{:.0f}", path=path, xlabel="CLIP reads it as",
+                       title=f"prior samples per prompt, step {step}")

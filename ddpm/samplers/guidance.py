@@ -16,9 +16,11 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def with_null(cond):
-    """[cond; null]: the batch of conditions followed by as many null ones (-1 labels, "" prompts)."""
+    """[cond; null]: the batch of conditions followed by as many null ones (-1 labels, "" prompts, zero CLIP
+    embeddings)."""
     if isinstance(cond, Tensor):
-        return torch.cat([cond, torch.full_like(cond, -1)])
+        null = torch.zeros_like(cond) if cond.dtype.is_floating_point else torch.full_like(cond, -1)
+        return torch.cat([cond, null])
     return list(cond) + [""] * len(cond)
 
 

@@ -6,6 +6,7 @@
     reverse   reverse_trajectory (a list of ddpm.samplers.Step), x_t beside predicted x_0, the GIF
     losses    training curves, the loss at each timestep, the terms of the bound
     toys      2D point clouds: forward, particle paths, the learned eps field
+    unclip    matrices (CLIP similarities, zero-shot confusion) and embeddings projected to 2-D
     latent    latent diffusion: latents beside digits, their histogram and scale, forward and reverse in latent space
 
 Only matplotlib's object API (``matplotlib.figure.Figure``), never pyplot's global state, so the same
@@ -45,8 +46,12 @@ from ddpm.viz.network import plot_timestep_embedding, plot_unet_shapes, trace_sh
 from ddpm.viz.quality import plot_quality_vs_calls
 from ddpm.viz.reverse import Frame, plot_reverse_trajectory, reverse_trajectory, save_reverse_animation
 from ddpm.viz.toys import plot_points, plot_score_field, plot_toy_forward, plot_toy_reverse
+from ddpm.viz.unclip import pca_2d, plot_embedding_projection, plot_matrix
 
 __all__ = [
+    "plot_matrix",
+    "pca_2d",
+    "plot_embedding_projection",
     "make_grid",
     "save_grid", "save_panels",
     "plot_quality_vs_calls",
