@@ -203,6 +203,13 @@ class Config:
         return getattr(self.model, "cond", "none")
 
     @property
+    def unclip_stage(self) -> str | None:
+        """"prior" or "decoder" for the two diffusion stages of unCLIP (both built on a CLIP), else None."""
+        if self.unclip is None:
+            return None
+        return "prior" if isinstance(self.model, PriorConfig) else "decoder"
+
+    @property
     def captioned(self) -> bool:
         """Whether training draws a caption for each image: text-conditioned networks, a CLIP, a diffusion prior."""
         return self.cond == "text" or self.model_kind == "prior"
@@ -266,7 +273,7 @@ class Config:
             data = overrides.get("data", self.data)
             sections["model"] = with_conditioning(self.model, overrides.pop("cond"), data.dataset)
         for key, value in overrides.items():
-            if key in ("preset", *sections):
+            if key in ("preset", "latent", "super_res", "unclip", *sections):  # a stage may be added or removed
                 top[key] = value
                 continue
             owners = [name for name, obj in sections.items() if key in {f.name for f in dataclasses.fields(obj)}]
@@ -388,21 +395,22 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(**{**_MNIST_TRAIN, "steps": 1200, "cond_lr_scale": 0.1}), super_res=SuperResConfig()),
     # unCLIP (DALL-E 2 in miniature, docs/results.md "unCLIP"): a tiny CLIP trained on digits and captions; a
     # diffusion prior of its image embeddings given its text embeddings (x0-prediction, cosine schedule); a decoder
-    # of digits given the image embedding. The prior and decoder name the CLIP (UnclipConfig, --clip).
+    # of digits given the image embedding. The prior and decoder name the CLIP (UnclipConfig, --clip). Steps: about
+    # what the shipped runs' time budgets (3, 3 and 14 minutes: README, "unCLIP") gave on this project's machine.
     "mnist-clip": Config(
         preset="mnist-clip", data=DataConfig(dataset="mnist"),
         model=ClipConfig(vocab=caption_vocabulary("mnist"), max_prompt_len=caption_max_words("mnist")),
-        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 600, "batch_size": 256, "lr": 1e-3, "warmup": 50,
+        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 800, "batch_size": 256, "lr": 1e-3, "warmup": 50,
                              "weight_decay": 0.1, "guidance": 1.0})),
     "mnist-prior": Config(
         preset="mnist-prior", data=DataConfig(dataset="mnist"), model=PriorConfig(),
         diffusion=DiffusionConfig(schedule="cosine", prediction="x0"),
-        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 2000, "batch_size": 256, "lr": 1e-3, "ckpt_every": 500,
+        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 1000, "batch_size": 256, "lr": 1e-3, "ckpt_every": 500,
                              "log_every": 50}),
         unclip=UnclipConfig()),
     "mnist-decoder": Config(
         preset="mnist-decoder", data=DataConfig(dataset="mnist"), model=UNET_PRESETS["mnist-decoder"],
-        train=TrainConfig(**_MNIST_TRAIN), unclip=UnclipConfig()),
+        train=TrainConfig(**{**_MNIST_TRAIN, "steps": 1130, "guidance": 1.0}), unclip=UnclipConfig()),
     "tiny": Config(  # for tests: seconds on a CPU
         preset="tiny", data=DataConfig(dataset="mnist"),
         model=with_conditioning(UNET_PRESETS["tiny"], "class", "mnist"),

@@ -9,8 +9,10 @@ target eps, x0 or v of the config's parameterization (GaussianDiffusion.training
 step (config.train.optimizer) with gradient clipping, the learning-rate schedule, then the EMA update.
 The same loop trains the two stages of latent diffusion (ddpm.pipelines.latent): an autoencoder (its own loss,
 reconstruction + KL, and its latent scale measured when the run stops), and a DDPM whose x0 are the frozen
-autoencoder's scaled latents z ~ q(z | x) instead of the images; and the super-resolution stage of a cascade
-(ddpm.pipelines.cascade), whose network also gets each image's noise-augmented low-res version.
+autoencoder's scaled latents z ~ q(z | x) instead of the images; the super-resolution stage of a cascade
+(ddpm.pipelines.cascade), whose network also gets each image's noise-augmented low-res version; and unCLIP's
+three stages (ddpm.pipelines.unclip): a CLIP (its own contrastive loss), a prior whose x0 are CLIP image
+embeddings given text embeddings, and a decoder conditioned on the image embeddings.
 
 A run folder holds config.json, log.csv and loss_by_t.csv (ddpm.runlog), loss.png, samples/step_XXXXXX.png
 and checkpoint.pt (ddpm.checkpoints); every file is written atomically, and a lock file keeps a second
@@ -113,18 +115,14 @@ class Trainer:
         if dist.is_main:  # files that a killed atomic write left behind
             remove_stale_temporaries(self.run_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOSS_BY_T_NAME))
         torch.manual_seed(tc.seed + dist.rank)
-        self.first_stage = None  # a latent run's frozen autoencoder (ddpm.pipelines.latent)
-        if self.config.latent is not None:
-            try:
+        self.first_stage = self.clip = None  # the frozen networks a run builds on: a latent run's autoencoder
+        try:  # (ddpm.pipelines.latent), an unCLIP prior's or decoder's CLIP (ddpm.pipelines.unclip)
+            if self.config.latent is not None:
                 self.first_stage, self.config = attach_first_stage(self.config, self.device)
-            except (CheckpointError, ValueError) as e:
-                raise TrainingError(str(e)) from None
-        self.clip = None  # an unCLIP prior's or decoder's frozen CLIP (ddpm.pipelines.unclip)
-        if self.config.unclip is not None:
-            try:
+            if self.config.unclip is not None:
                 self.clip, self.config = attach_clip(self.config, self.device)
-            except (CheckpointError, ValueError) as e:
-                raise TrainingError(str(e)) from None
+        except (CheckpointError, ValueError) as e:
+            raise TrainingError(str(e)) from None
         self.loader = training_loader(self.config, self.local_batch, dist, dataset, self.first_stage or self.clip)
         self.label_names = tuple(getattr(self.loader.dataset, "label_names", ()))
         self.model = build_model(self.config).to(self.device)

@@ -220,18 +220,20 @@ def test_the_cli_samples_text_to_image_and_variations(runs, tmp_path, capsys):
     prior, decoder = str(runs / "prior"), str(runs / "decoder")
     out = tmp_path / "u.png"
     assert main(["sample", "--unclip", "--prior", prior, "--decoder", decoder, "--prompt", "a thick seven", "--n",
-                 "3", "--steps", "2", "--prior-steps", "3", "--out", str(out)]) == 0
+                 "3", "--decoder-steps", "2", "--prior-steps", "3", "--out", str(out)]) == 0
     record = json.loads(out.with_suffix(".json").read_text())
-    assert record["prompts"] == ["a thick seven"] and record["prior"] == prior and record["decoder"] == decoder
+    assert record["prompts"] == ["a thick seven"] and record["prior"] == str(runs / "prior" / "checkpoint.pt")
+    assert record["decoder"] == str(runs / "decoder" / "checkpoint.pt") and record["clip"] == str(runs / "clip")
     assert record["prior_steps"] == 3 and record["decoder_steps"] == 2
-    assert main(["sample", "--variations", "5", "--decoder", decoder, "--n", "3", "--steps", "2", "--out",
+    assert record["decoder_sampler"] == "ddim" and record["decoder_options"]["eta"] == 1.0  # stochastic by default
+    assert main(["sample", "--variations", "5", "--decoder", decoder, "--n", "3", "--decoder-steps", "2", "--out",
                  str(tmp_path / "v.png")]) == 0
     assert Image.open(tmp_path / "v.png").size == (2 * (4 * 28 + 5 * 2), 2 * (28 + 2 * 2))  # the digit + 3
     ink = Image.new("L", (56, 56), 255)  # a dark stroke on white paper: inverted to MNIST's light on dark
     ink.paste(0, (24, 8, 32, 48))
     ink.save(tmp_path / "drawn.png")
-    assert main(["sample", "--variations", str(tmp_path / "drawn.png"), "--decoder", decoder, "--n", "2", "--steps",
-                 "2", "--out", str(tmp_path / "d.png")]) == 0
+    assert main(["sample", "--variations", str(tmp_path / "drawn.png"), "--decoder", decoder, "--n", "2",
+                 "--decoder-steps", "2", "--out", str(tmp_path / "d.png")]) == 0
     assert "drawn.png" in capsys.readouterr().out
 
 
@@ -259,7 +261,9 @@ def test_unclip_mistakes_fail_in_one_line(runs, tmp_path, capsys):
              (["sample", "--variations", "99999", "--decoder", decoder], "the test set has digits"),
              (["sample", "--variations", str(tmp_path / "none.png"), "--decoder", decoder], "no such file"),
              (["sample", "--variations", "1", "--unclip"], "give one of them"),
-             (["sample", "--prior", prior], "add --unclip")]
+             (["sample", "--prior", prior], "add --unclip"),
+             (["sample", "--unclip", "--prior", prior, "--decoder", decoder, "--steps", "3"], "--decoder-steps"),
+             (["sample", "--unclip", "--sampler", "ancestral"], "--decoder-sampler")]
     for args, message in cases:
         with contextlib.nullcontext():
             code = main(args)

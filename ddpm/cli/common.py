@@ -193,7 +193,7 @@ def load_image_run(run: str | None, device, use_ema: bool = True, text: bool = F
                        f"--unclip --prior {loaded.path} --prompt \"a thick seven\""}
     if loaded.config.model_kind in unclip:
         raise UsageError(f"{loaded.path} is {unclip[loaded.config.model_kind]}")
-    if loaded.cond == "embedding":
+    if loaded.config.unclip_stage == "decoder":
         raise UsageError(f"{loaded.path} is unCLIP's decoder (it decodes CLIP image embeddings): use python -m ddpm "
                          f"sample --unclip --decoder {loaded.path} --prompt \"a thick seven\", or --variations 0")
     return loaded

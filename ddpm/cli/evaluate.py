@@ -155,14 +155,14 @@ def _sweep(args, run_path: Path) -> int:
 
 def _unclip(args, loaded, device, out: Path) -> int:
     """A CLIP, a prior or a decoder (with --prior: text to image; and its variations) (ddpm.metrics.unclip)."""
-    if len(args.sampler) > 1 or args.refine is not None:
-        raise common.UsageError("unCLIP's stages are evaluated one at a time: drop the sampler list and --refine")
-    kind = "decoder" if loaded.cond == "embedding" else loaded.config.model_kind
+    if args.sampler != ["ddim"] or args.refine is not None:
+        raise common.UsageError("unCLIP's stages take --decoder-sampler and --prior-sampler (and their --*-steps), "
+                                "one model at a time: drop --sampler and --refine")
+    kind = loaded.config.unclip_stage or loaded.config.model_kind
     prior = decoder = class_run = None
     if kind == "prior":
         prior = Stage(loaded, args.prior_sampler, args.prior_steps, args.prior_guidance)
     elif kind == "decoder":
-        args.sampler, args.steps = args.sampler[0], (args.steps or [None])[0]
         unclip = load_unclip(args, device, decoder=loaded)
         prior, decoder = unclip.prior, unclip.decoder
         class_run = common.load_image_run(args.class_run, device)

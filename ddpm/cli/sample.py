@@ -119,6 +119,8 @@ def _unclip(args, device) -> int:
                         ("--vocabulary", args.vocabulary), ("--no-ema", args.no_ema)):
         if given:
             raise UsageError(f"{flag} is not for unCLIP, whose stages are --prior and --decoder: drop {flag}")
+    if args.sampler != "dpmpp-2m":
+        raise UsageError("--sampler is for one model; unCLIP's stages take --decoder-sampler and --prior-sampler")
     out_dir = Path("samples")
     if args.out:
         check_output(args.out, (".png",), "--out")
@@ -132,7 +134,8 @@ def run(args) -> int:
     _check_cascade_flags(args)
     if args.unclip or args.variations is not None:
         return _unclip(args, device)
-    for flag in ("decoder", "prior", "prior_sampler", "prior_steps", "prior_guidance"):
+    for flag in ("decoder", "prior", "prior_sampler", "prior_steps", "prior_guidance", "decoder_sampler",
+                 "decoder_steps"):
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} is for unCLIP: add --unclip (or --variations)")
     if args.from_test:

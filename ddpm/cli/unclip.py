@@ -22,7 +22,18 @@ from ddpm.cli.common import PRETRAINED, UsageError, finite_float, positive_int
 from ddpm.cli.refine import resolve_stage
 from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset, to_float
 from ddpm.nn.conditioning import UnknownWordsError
-from ddpm.pipelines.unclip import PRIOR_GUIDANCE, PRIOR_STEPS, Stage, Unclip
+from ddpm.pipelines.unclip import (
+    DECODER_ETA,
+    DECODER_GUIDANCE,
+    DECODER_SAMPLER,
+    DECODER_STEPS,
+    PRIOR_GUIDANCE,
+    PRIOR_STEPS,
+    VARIATIONS_GUIDANCE,
+    Stage,
+    Unclip,
+    for_variations,
+)
 from ddpm.samplers import SAMPLERS
 from ddpm.viz import save_grid
 
@@ -43,6 +54,12 @@ def add_unclip_flags(p, sample: bool = True) -> None:
                        help="decode a digit's CLIP image embedding --n times (default 8) with different noise: a test "
                             "digit's index (0-9999), or an image file (a light digit on a dark ground, or the reverse)")
         p.add_argument("--decoder", help=f"the unCLIP decoder (default {DEFAULT_DECODER_RUN}, else the shipped one)")
+    p.add_argument("--decoder-sampler", choices=SAMPLERS, default=None,
+                   help=f"the decoder's sampler (default {DECODER_SAMPLER} with eta {DECODER_ETA:g}: stochastic steps, "
+                        f"which leave no background speckle); --guidance is the decoder's (default "
+                        f"{DECODER_GUIDANCE:g}: none; {VARIATIONS_GUIDANCE:g} for --variations)")
+    p.add_argument("--decoder-steps", type=positive_int, default=None,
+                   help=f"the decoder's steps (default {DECODER_STEPS})")
     p.add_argument("--prior", help=f"the diffusion prior (default {DEFAULT_PRIOR_RUN}, else the shipped one)")
     p.add_argument("--prior-sampler", choices=SAMPLERS, default=None, help="the prior's sampler (default ddim)")
     p.add_argument("--prior-steps", type=positive_int, default=None, help=f"the prior's steps (default {PRIOR_STEPS})")
@@ -65,11 +82,16 @@ def load_decoder(args, device) -> Stage:
 
 
 def decoder_stage(args, decoder: LoadedRun) -> Stage:
-    if decoder.config.cond != "embedding":
+    if decoder.config.unclip_stage != "decoder":
         raise UsageError(f"{decoder.path} is not an unCLIP decoder (preset {decoder.config.preset!r}); train one with "
                          f"--preset mnist-decoder")
+    for flag in ("steps", "eta"):  # the generic sampler flags are not the stages' (--sampler is refused in sample)
+        if getattr(args, flag, None) not in (None, 0.0, [None]):
+            raise UsageError(f"--{flag} is for one model; unCLIP's stages take --decoder-steps, --prior-steps and the "
+                             f"decoder's DDIM eta {DECODER_ETA:g}")
     options = {k: getattr(args, k, None) for k in ("threshold", "spacing", "precision")}
-    return Stage(decoder, args.sampler, args.steps, args.guidance, {k: v for k, v in options.items() if v is not None})
+    return Stage(decoder, args.decoder_sampler, args.decoder_steps, args.guidance,
+                 {k: v for k, v in options.items() if v is not None})
 
 
 def load_unclip(args, device, decoder: LoadedRun | None = None) -> Unclip:
@@ -146,7 +168,7 @@ def unclip_variations(args, device, out_dir: Path) -> int:
     for flag, given in (("--prompt", args.prompt is not None), ("--class", args.klass is not None)):
         if given:
             raise UsageError(f"--variations decodes a digit's own embedding: drop {flag}")
-    decoder = load_decoder(args, device)
+    decoder = for_variations(load_decoder(args, device))
     source = args.variations
     if source.isdigit():
         test = load_dataset(decoder.run.config.data.dataset, "test", root=decoder.run.config.data.root)

@@ -42,7 +42,7 @@ from ddpm.metrics.attributes import adherence_plan, adherence_rows, score_adhere
 from ddpm.metrics.classifier import classifier_features
 from ddpm.metrics.super_res import SampleJudge
 from ddpm.nn.clip import Clip
-from ddpm.pipelines.unclip import Stage, Unclip, from_prior_space, zero_shot_logits
+from ddpm.pipelines.unclip import Stage, Unclip, for_variations, from_prior_space, zero_shot_logits
 from ddpm.samplers import sample
 
 __all__ = ["evaluate_unclip_run", "evaluate_clip", "evaluate_prior", "evaluate_text_to_image", "evaluate_variations",
@@ -134,24 +134,24 @@ def evaluate_prior(prior: Stage, test: ImageDataset, root=None, n: int = 1000, s
     text = clip.encode_text(captions)
     sampled = torch.cat([from_prior_space(prior(text[i:i + batch_size], gen)).cpu()
                          for i in range(0, len(captions), batch_size)])
-    true = image_embeddings(clip, test.images[pick])
+    every = image_embeddings(clip, test.images)  # partners come from the whole test set
+    true = every[pick]
     text = text.cpu()
     g = torch.Generator().manual_seed(seed + 1)
-    other = torch.stack([_partner(labels, i, g, same=False) for i in range(n)])
-    same = torch.stack([_partner(labels, i, g, same=True) for i in range(n)])
+    other = every[torch.stack([_partner(test.labels, int(i), g, same=False) for i in pick])]
+    same = every[torch.stack([_partner(test.labels, int(i), g, same=True) for i in pick])]
     cos = lambda a, b: float((a * b).sum(-1).mean())  # noqa: E731 (unit vectors)
     zs = zero_shot_logits(sampled, class_text_embeddings(clip).cpu()).argmax(-1)
     return {"n": n, **prior.settings(),
-            "matched": cos(sampled, true), "same_class": cos(sampled, true[same]),
-            "mismatched": cos(sampled, true[other]),
-            "text_embedding_matched": cos(text, true), "text_embedding_mismatched": cos(text, true[other]),
-            "real_same_class": cos(true, true[same]), "real_mismatched": cos(true, true[other]),
+            "matched": cos(sampled, true), "same_class": cos(sampled, same), "mismatched": cos(sampled, other),
+            "text_embedding_matched": cos(text, true), "text_embedding_mismatched": cos(text, other),
+            "real_same_class": cos(true, same), "real_mismatched": cos(true, other),
             "zero_shot_class": float((zs == labels).double().mean()), "examples": captions[:5],
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _partner(labels: Tensor, i: int, g: torch.Generator, same: bool) -> Tensor:
-    """The index of a random other digit with the same (or another) label than digit i."""
+    """The index of a random other digit with the same (or another) label than digit i (of the whole set)."""
     mask = (labels == labels[i]) if same else (labels != labels[i])
     mask[i] = False
     options = mask.nonzero().squeeze(1)
@@ -212,7 +212,7 @@ def evaluate_variations(unclip: Unclip, test: ImageDataset, root=None, n_sources
     each = labels.repeat_interleave(per)
     feats, logits = classifier_features(judge.clf, variations)
     src_feats = classifier_features(judge.clf, test.images[pick])[0].repeat_interleave(per, 0)
-    report = {"n_sources": n_sources, "per_source": per,
+    report = {"n_sources": n_sources, "per_source": per, "decoder": for_variations(unclip.decoder).settings(),
               "keep_class": float((logits.argmax(1) == each).double().mean()),
               "diversity": pairwise_diversity(feats, n_sources),
               "distance_to_source": float((feats - src_feats).norm(dim=1).mean())}

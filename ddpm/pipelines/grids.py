@@ -72,7 +72,7 @@ def _unclip_grid(config: Config, model: nn.Module, diffusion: GaussianDiffusion,
     tc = config.train
     g = torch.Generator(device).manual_seed(1234)
     run = LoadedRun(model, diffusion, config, step, path)
-    if config.cond == "embedding" and config.model_kind == "unet":
+    if config.unclip_stage == "decoder":
         x = to_float(images[:8]).to(device)
         e = clip.encode_image(x).repeat(3, 1)
         decoded = Stage(run, "ddim", tc.sample_steps, tc.guidance)(e, g).clamp(-1, 1)

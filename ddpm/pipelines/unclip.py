@@ -19,6 +19,7 @@ data has unit scale per coordinate like the images the process was designed for.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +34,16 @@ from ddpm.nn.clip import Clip
 from ddpm.samplers import default_steps, sample
 
 __all__ = ["attach_clip", "training_inputs", "to_prior_space", "from_prior_space", "zero_shot_logits", "slerp",
-           "Stage", "Unclip",
-           "PRIOR_SAMPLER", "PRIOR_STEPS", "PRIOR_GUIDANCE", "DECODER_SAMPLER", "DECODER_STEPS", "check_unclip"]
+           "Stage", "Unclip", "PRIOR_SAMPLER", "PRIOR_STEPS", "PRIOR_GUIDANCE", "DECODER_SAMPLER", "DECODER_STEPS",
+           "DECODER_ETA", "DECODER_GUIDANCE", "VARIATIONS_GUIDANCE", "for_variations", "check_unclip"]
 
-# How the pipeline samples unless told otherwise (measured in docs/results.md, "unCLIP")
+# How the pipeline samples unless told otherwise (measured in docs/results.md, "unCLIP"). The prior's guidance picks
+# the digit and its style; the decoder samples unguided and stochastically (DDIM with eta = 1, as the cascade's SR
+# stage): deterministic samplers leave background speckle, and its guidance costs Frechet distance.
 PRIOR_SAMPLER, PRIOR_STEPS, PRIOR_GUIDANCE = "ddim", 50, 2.0
-DECODER_SAMPLER, DECODER_STEPS = "dpmpp-2m", 15
+DECODER_SAMPLER, DECODER_STEPS, DECODER_ETA, DECODER_GUIDANCE = "ddim", 50, 1.0, 1.0
+# Variations decode a real digit's embedding: guidance 1.5 keeps more of what it says (the digit) at some diversity
+VARIATIONS_GUIDANCE = 1.5
 
 
 def attach_clip(config: Config, device) -> tuple[Clip, Config]:
@@ -91,7 +96,8 @@ def training_inputs(clip: Clip, config: Config, x0: Tensor, captions: list[str] 
 @dataclass
 class Stage:
     """A loaded prior or decoder and how to sample it (sampler None: the stage's default; guidance None: the
-    run's own train.guidance; options: the sampler's keyword arguments)."""
+    stage's PRIOR_GUIDANCE or DECODER_GUIDANCE; options: the sampler's keyword arguments; a decoder's DDIM gets
+    eta = 1 unless they say otherwise)."""
 
     run: LoadedRun
     sampler: str | None = None
@@ -110,9 +116,11 @@ class Stage:
             steps = PRIOR_STEPS if prior else DECODER_STEPS
         else:
             steps = default_steps(sampler, run.diffusion.T)
-        guidance = self.guidance if self.guidance is not None else (PRIOR_GUIDANCE if prior else
-                                                                    run.config.train.guidance)
-        return {"sampler": sampler, "steps": min(steps, run.diffusion.T), "guidance": guidance}
+        guidance = self.guidance if self.guidance is not None else (PRIOR_GUIDANCE if prior else DECODER_GUIDANCE)
+        options = dict(self.options)
+        if sampler == "ddim" and options.get("eta") is None and not prior:
+            options["eta"] = DECODER_ETA
+        return {"sampler": sampler, "steps": min(steps, run.diffusion.T), "guidance": guidance, "options": options}
 
     @torch.no_grad()
     def __call__(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -121,7 +129,12 @@ class Stage:
         device = run.diffusion.betas.device
         return sample(run.model, run.diffusion, (cond.shape[0], *run.shape), cond.to(device), sampler=s["sampler"],
                       steps=s["steps"], guidance_scale=s["guidance"], generator=generator, device=device,
-                      **run.sampler_options(self.options))
+                      **run.sampler_options(s["options"]))
+
+
+def for_variations(decoder: Stage) -> Stage:
+    """The decoder Stage as variations use it: guidance VARIATIONS_GUIDANCE unless the stage sets its own."""
+    return decoder if decoder.guidance is not None else dataclasses.replace(decoder, guidance=VARIATIONS_GUIDANCE)
 
 
 def check_unclip(prior: LoadedRun, decoder: LoadedRun) -> None:
@@ -129,7 +142,7 @@ def check_unclip(prior: LoadedRun, decoder: LoadedRun) -> None:
     if prior.config.model_kind != "prior":
         raise ValueError(f"{prior.path} is not a diffusion prior (preset {prior.config.preset!r}); train one with "
                          f"--preset mnist-prior")
-    if decoder.config.cond != "embedding":
+    if decoder.config.unclip_stage != "decoder":
         raise ValueError(f"{decoder.path} is not an unCLIP decoder (preset {decoder.config.preset!r}); train one with "
                          f"--preset mnist-decoder")
     a, b = prior.config.unclip.fingerprint, decoder.config.unclip.fingerprint
@@ -186,6 +199,7 @@ class Unclip:
     @torch.no_grad()
     def variations(self, images: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Images [B, C, H, W] -> [B * n] decodings of their embeddings with different noise (image i's n
-        variations at rows i * n ... i * n + n - 1)."""
+        variations at rows i * n ... i * n + n - 1), decoded with VARIATIONS_GUIDANCE unless the decoder Stage
+        sets its guidance."""
         e = self.image_embeddings(images).repeat_interleave(n, dim=0)
-        return self.decode(e, generator)
+        return for_variations(self.decoder)(e, generator).clamp(-1, 1)

@@ -1,0 +1,47 @@
+"""unCLIP's decoder: which sampler and guidance (docs/results.md, "unCLIP"). 500 class-prompt samples through the
+prior (its defaults) and the decoder at each setting; digit accuracy, Frechet distance (floor for 500 images) and
+speckle: the share of pixels brighter than 10% gray farther than 2 pixels from every stroke pixel (> 0.3).
+
+    python docs/experiments/unclip_decoder_samplers.py '[("ddim", 50, 1.0, {"eta": 1.0}), ("dpmpp-2m", 15, 1.5, {})]'
+"""
+
+import ast
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ddpm.checkpoints import load_run
+from ddpm.conditions import balanced_labels
+from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset, to_float
+from ddpm.metrics.super_res import SampleJudge
+from ddpm.metrics.unclip import generate
+from ddpm.pipelines.unclip import Stage, Unclip
+
+
+def speckle(images: torch.Tensor) -> float:
+    x = to_float(images)
+    near = F.max_pool2d((x > 0.3).float(), 5, 1, 2) > 0
+    return float(((x > -0.8) & ~near).float().mean())
+
+
+def main(configs, n: int = 500) -> None:
+    test = load_dataset("mnist", "test")
+    prior, decoder = load_run("runs/mnist-prior"), load_run("runs/mnist-decoder")
+    judge = SampleJudge("mnist", test, None, None, n, 0, False)
+    labels = balanced_labels(n, 10)
+    prompts = class_prompts(MNIST_LABEL_NAMES, labels, "mnist")
+    print(f"real test digits: speckle {speckle(test.images[:n]):.4f}, Frechet floor {judge.floor:.2f}", flush=True)
+    for sampler, steps, guidance, options in configs:
+        t0 = time.time()
+        images = generate(Unclip(Stage(prior), Stage(decoder, sampler, steps, guidance, options)), prompts, 0)
+        r = judge(images, labels)
+        print(f"{sampler} {steps} {options} guidance {guidance}: accuracy {r['accuracy']:.3f}, Frechet "
+              f"{r['frechet']:.2f} ({r['frechet_ratio']:.2f}x), speckle {speckle(images):.4f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main(ast.literal_eval(sys.argv[1]))
