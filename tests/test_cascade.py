@@ -12,7 +12,7 @@ from PIL import Image
 from ddpm.checkpoints import build_diffusion, export_model, load_run
 from ddpm.cli import main
 from ddpm.config import Config, get_preset
-from ddpm.datasets import ImageDataset, area_downsample, load_dataset, shrink, to_float
+from ddpm.datasets import ImageDataset, area_downsample, shrink, to_float
 from ddpm.metrics.autoencoder import psnr
 from ddpm.nn.unet import UNet, UNetConfig
 from ddpm.pipelines.cascade import (
@@ -32,12 +32,6 @@ from ddpm.training import Trainer
 
 TINY = dict(ch=8, num_groups=4, num_res_blocks=1, text_dim=16, text_layers=1, batch_size=16, sample_steps=3,
             ckpt_every=0)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("mnist", "train")
-    return ImageDataset(train.images[:256], train.labels[:256], train.label_names, "mnist", "train")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch.distributions import Normal, kl_divergence
 
 from ddpm.checkpoints import CheckpointError, export_model, load_run, weights_fingerprint
 from ddpm.config import Config, get_preset
-from ddpm.datasets import BatchLoader, ImageDataset, load_dataset, to_float
+from ddpm.datasets import BatchLoader, to_float
 from ddpm.metrics.autoencoder import evaluate_autoencoder, psnr, reconstruct
 from ddpm.nn.autoencoder import Autoencoder, AutoencoderConfig, encode_moments, measure_latent_scale
 from ddpm.runlog import RunLog
@@ -22,12 +22,6 @@ from ddpm.training import Trainer, TrainingError
 ROOT = Path(__file__).resolve().parent.parent
 TINY_AE = dict(ch=8, num_groups=4)
 TINY_LATENT = dict(ch=16, num_res_blocks=1, num_groups=4, batch_size=16, sample_steps=3, ckpt_every=0)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("mnist", "train")
-    return ImageDataset(train.images[:256], train.labels[:256], train.label_names, "mnist", "train")
 
 
 @pytest.fixture(scope="module")

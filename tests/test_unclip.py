@@ -13,7 +13,6 @@ from PIL import Image
 from ddpm.checkpoints import CheckpointError, export_model, load_run
 from ddpm.cli import main
 from ddpm.config import Config, UnclipConfig, get_preset
-from ddpm.datasets import ImageDataset, load_dataset
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.metrics.unclip import pairwise_diversity, retrieval
 from ddpm.nn.clip import Clip, ClipConfig, contrastive_losses
@@ -29,12 +28,6 @@ TINY_CLIP = dict(channels=(8, 16), embed_dim=16, text_dim=16, text_layers=1)
 TINY_UNET = dict(ch=8, num_groups=4, num_res_blocks=1, text_dim=16, embed_dim=16, attn_resolutions=(),
                  cross_attn_resolutions=(14,), ch_mult=(1, 2))
 STEPS = dict(steps=3, batch_size=16, sample_steps=3, ckpt_every=0)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("mnist", "train")
-    return ImageDataset(train.images[:256], train.labels[:256], train.label_names, "mnist", "train")
 
 
 @pytest.fixture(scope="module")
