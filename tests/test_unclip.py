@@ -256,7 +256,8 @@ def test_unclip_mistakes_fail_in_one_line(runs, tmp_path, capsys):
              (["sample", "--variations", "1", "--unclip"], "give one of them"),
              (["sample", "--prior", prior], "add --unclip"),
              (["sample", "--unclip", "--prior", prior, "--decoder", decoder, "--steps", "3"], "--decoder-steps"),
-             (["sample", "--unclip", "--sampler", "ancestral"], "--decoder-sampler")]
+             (["sample", "--unclip", "--sampler", "ancestral"], "--decoder-sampler"),
+             (["sample", "--unclip", "--prior", prior, "--decoder", decoder, "--prior-steps", "5000"], "T = 1000")]
     for args, message in cases:
         with contextlib.nullcontext():
             code = main(args)

@@ -74,6 +74,11 @@ def _load(path: Path, device, what: str) -> LoadedRun:
         raise UsageError(f"{what}: {e}") from None
 
 
+def _check_steps(steps: int | None, run: LoadedRun, flag: str) -> None:
+    if steps is not None and steps > run.diffusion.T:
+        raise UsageError(f"{flag} {steps} is more than {run.path}'s T = {run.diffusion.T}")
+
+
 def load_decoder(args, device) -> Stage:
     """The decoder of --decoder, sampled with --sampler, --steps, --guidance and the options they share."""
     decoder = _load(resolve_stage(getattr(args, "decoder", None), DEFAULT_DECODER_RUN, PRETRAINED_DECODER,
@@ -89,6 +94,7 @@ def decoder_stage(args, decoder: LoadedRun) -> Stage:
         if getattr(args, flag, None) not in (None, 0.0, [None]):
             raise UsageError(f"--{flag} is for one model; unCLIP's stages take --decoder-steps, --prior-steps and the "
                              f"decoder's DDIM eta {DECODER_ETA:g}")
+    _check_steps(args.decoder_steps, decoder, "--decoder-steps")
     options = {k: getattr(args, k, None) for k in ("threshold", "spacing", "precision")}
     return Stage(decoder, args.decoder_sampler, args.decoder_steps, args.guidance,
                  {k: v for k, v in options.items() if v is not None})
@@ -99,6 +105,7 @@ def load_unclip(args, device, decoder: LoadedRun | None = None) -> Unclip:
     load_decoder says, the prior with --prior-sampler, --prior-steps and --prior-guidance."""
     dec = decoder_stage(args, decoder) if decoder is not None else load_decoder(args, device)
     prior = _load(resolve_stage(args.prior, DEFAULT_PRIOR_RUN, PRETRAINED_PRIOR, "mnist-prior"), device, "--prior")
+    _check_steps(args.prior_steps, prior, "--prior-steps")
     try:
         return Unclip(Stage(prior, args.prior_sampler, args.prior_steps, args.prior_guidance), dec)
     except ValueError as e:
