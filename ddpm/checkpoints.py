@@ -186,13 +186,6 @@ class LoadedRun:
         return self.first_stage.from_latents(x.to(self.first_stage.latent_scale.device).float()).clamp(-1.0, 1.0)
 
 
-def _renamed(stage: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, str]:
-    """(the stage's checkpoint path, the name an exported file at ``out`` gives it: the file name alone when the
-    two lie in the same folder, so that they can move together)."""
-    path = checkpoint_path(stage)
-    return path, path.name if path.resolve().parent == Path(out).resolve().parent else str(path)
-
-
 def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = False,
                  autoencoder: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> Path:
     """Write only the EMA weights and config of a run (for shipping a small pretrained model).
@@ -204,18 +197,18 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = Fa
     """
     ckpt = load_checkpoint(run)
     config = ckpt["config"]
-    if autoencoder is not None:
-        if not config.get("latent"):
-            raise CheckpointError(f"{checkpoint_path(run)} is not a latent diffusion run: it has no autoencoder")
-        ae_path, named = _renamed(autoencoder, out)
-        load_first_stage(dataclasses.replace(LatentConfig(**config["latent"]), autoencoder=str(ae_path)))
-        config = {**config, "latent": {**config["latent"], "autoencoder": named}}
-    if clip is not None:
-        if not config.get("unclip"):
-            raise CheckpointError(f"{checkpoint_path(run)} is not an unCLIP prior or decoder: it has no CLIP")
-        clip_path, named = _renamed(clip, out)
-        load_clip(dataclasses.replace(UnclipConfig(**config["unclip"]), clip=str(clip_path)))
-        config = {**config, "unclip": {**config["unclip"], "clip": named}}
+    stages = (("latent", "autoencoder", autoencoder, LatentConfig, load_first_stage, "a latent diffusion run: it "
+               "has no autoencoder"), ("unclip", "clip", clip, UnclipConfig, load_clip, "an unCLIP prior or decoder: "
+               "it has no CLIP"))
+    for section, key, stage, cls, load, what in stages:
+        if stage is None:
+            continue
+        if not config.get(section):
+            raise CheckpointError(f"{checkpoint_path(run)} is not {what}")
+        path = checkpoint_path(stage)
+        load(dataclasses.replace(cls(**config[section]), **{key: str(path)}))  # refuses other weights
+        named = path.name if path.resolve().parent == Path(out).resolve().parent else str(path)
+        config = {**config, section: {**config[section], key: named}}
     weights = ckpt["ema"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}

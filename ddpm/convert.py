@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from ddpm.checkpoints import FORMAT, CheckpointError, save_atomic
-from ddpm.config import get_preset
 from ddpm.nn.unet import UNet, UNetConfig
+from ddpm.presets import get_preset
 
 __all__ = ["from_diffusers", "to_diffusers", "convert_to_run", "diffusers_config", "unet_config_from_diffusers",
            "state_from_diffusers", "state_to_diffusers", "WEIGHT_NAMES"]

@@ -1,18 +1,16 @@
 """Training: Algorithm 1 in a loop, with EMA, warmup, clipping, exact resume, logs, grids and DDP.
 
-    from ddpm.config import get_preset
+    from ddpm.presets import get_preset
     from ddpm.training import Trainer
     Trainer(get_preset("mnist"), run_dir="runs/mnist").fit()
 
 Each step: x0 from the data, t ~ U{0..T-1}, eps ~ N(0, I), loss = ||target - model(x_t, t, cond)||^2 with the
 target eps, x0 or v of the config's parameterization (GaussianDiffusion.training_loss), an Adam or AdamW
 step (config.train.optimizer) with gradient clipping, the learning-rate schedule, then the EMA update.
-The same loop trains the two stages of latent diffusion (ddpm.pipelines.latent): an autoencoder (its own loss,
-reconstruction + KL, and its latent scale measured when the run stops), and a DDPM whose x0 are the frozen
-autoencoder's scaled latents z ~ q(z | x) instead of the images; the super-resolution stage of a cascade
-(ddpm.pipelines.cascade), whose network also gets each image's noise-augmented low-res version; and unCLIP's
-three stages (ddpm.pipelines.unclip): a CLIP (its own contrastive loss), a prior whose x0 are CLIP image
-embeddings given text embeddings, and a decoder conditioned on the image embeddings.
+The same loop trains every stage of the compositions in ddpm.pipelines: latent diffusion's autoencoder (its own
+loss, reconstruction + KL; its latent scale measured when the run stops) and the DDPM on its scaled latents
+z ~ q(z | x); a cascade's super-resolution model, which also gets each image's noise-augmented low-res version;
+unCLIP's CLIP (its own contrastive loss), prior (x0: CLIP image embeddings, given text embeddings) and decoder.
 
 A run folder holds config.json, log.csv and loss_by_t.csv (ddpm.runlog), loss.png, samples/step_XXXXXX.png
 and checkpoint.pt (ddpm.checkpoints); every file is written atomically, and a lock file keeps a second
@@ -51,8 +49,7 @@ from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
 from ddpm.datasets import Labels, captions_for
 from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
 from ddpm.pipelines import (
-    attach_clip,
-    attach_first_stage,
+    attach_stages,
     scaled_latents,
     store_latent_scale,
     training_grid,
@@ -69,7 +66,6 @@ __all__ = ["Trainer", "TrainingError", "EMA", "DistInfo", "select_device", "setu
            "lr_factor", "condition_for_labels", "NUM_T_BUCKETS", "RESUMABLE_CHANGES", "resume_changes"]
 
 
-
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, mismatched resume); the message says why and what to do."""
 
@@ -78,7 +74,7 @@ class Trainer:
     """Trains the network of a Config on its data and writes everything to run_dir.
 
     Args:
-        config: what to train (ddpm.config.get_preset(...)). With resume=True, the settings that
+        config: what to train (ddpm.presets.get_preset(...)). With resume=True, the settings that
             RESUMABLE_CHANGES names may differ from the checkpoint's (see ``changes``); others are refused.
         run_dir: the run folder (created and locked). With resume=True the run continues from its checkpoint.pt.
         device: torch device (default: ddpm.runtime.select_device("auto")).
@@ -115,12 +111,8 @@ class Trainer:
         if dist.is_main:  # files that a killed atomic write left behind
             remove_stale_temporaries(self.run_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOSS_BY_T_NAME))
         torch.manual_seed(tc.seed + dist.rank)
-        self.first_stage = self.clip = None  # the frozen networks a run builds on: a latent run's autoencoder
-        try:  # (ddpm.pipelines.latent), an unCLIP prior's or decoder's CLIP (ddpm.pipelines.unclip)
-            if self.config.latent is not None:
-                self.first_stage, self.config = attach_first_stage(self.config, self.device)
-            if self.config.unclip is not None:
-                self.clip, self.config = attach_clip(self.config, self.device)
+        try:  # the frozen networks it builds on: a latent run's autoencoder, an unCLIP stage's CLIP
+            self.first_stage, self.clip, self.config = attach_stages(self.config, self.device)
         except (CheckpointError, ValueError) as e:
             raise TrainingError(str(e)) from None
         self.loader = training_loader(self.config, self.local_batch, dist, dataset, self.first_stage or self.clip)
@@ -176,7 +168,7 @@ class Trainer:
             x0 = scaled_latents(self.first_stage, x0, cached=self.config.latent.cache)
         if self.clip is not None:  # unCLIP: the prior's embeddings, the decoder's condition
             x0, cond = training_inputs(self.clip, self.config, x0, cond)
-        own_loss = self.config.model_kind in ("autoencoder", "clip")  # not a diffusion model: its loss is its own
+        own_loss = not self.config.is_diffusion  # an autoencoder's or a CLIP's loss is its own
         if t is None and not own_loss:
             t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
         net = self.net  # a super-resolution run's: with this batch's augmented low-res inputs (pipelines.cascade)

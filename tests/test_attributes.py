@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import ddpm.datasets.attributes as A
-from ddpm.config import get_preset
 from ddpm.datasets import (
     ATTRIBUTE_WORDS,
     ATTRIBUTES,
@@ -36,6 +35,7 @@ from ddpm.datasets import (
 )
 from ddpm.datasets.captions import INCLUDE_PROB
 from ddpm.metrics.attributes import adherence_plan, adherence_supported, score_adherence
+from ddpm.presets import get_preset
 from ddpm.training import Trainer
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from ddpm.bench.runs import _condition
 from ddpm.checkpoints import build_diffusion
 from ddpm.cli import bench as bench_cmd
 from ddpm.cli.common import UsageError
-from ddpm.config import get_preset
 from ddpm.datasets import class_prompts, dataset_label_names
 from ddpm.nn.unet import UNet
+from ddpm.presets import get_preset
 
 
 class OneConv(nn.Module):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ddpm.checkpoints import build_diffusion, export_model, load_run
 from ddpm.cli import main
-from ddpm.config import Config, get_preset
+from ddpm.config import Config
 from ddpm.datasets import ImageDataset, area_downsample, shrink, to_float
 from ddpm.metrics.autoencoder import psnr
 from ddpm.nn.unet import UNet, UNetConfig
@@ -27,6 +27,7 @@ from ddpm.pipelines.cascade import (
     training_model,
     upsample,
 )
+from ddpm.presets import get_preset
 from ddpm.samplers import guided
 from ddpm.training import Trainer
 

@@ -5,8 +5,8 @@ import torch
 
 from ddpm.checkpoints import load_run
 from ddpm.cli import main
-from ddpm.config import get_preset
 from ddpm.datasets import caption_max_words, caption_vocabulary
+from ddpm.presets import get_preset
 from ddpm.training import Trainer
 
 

@@ -24,6 +24,7 @@ LAYERS = [
     ["ddpm.samplers", "ddpm.conditions"],
     ["ddpm.viz"],
     ["ddpm.config", "ddpm.runtime", "ddpm.optim", "ddpm.runlog"],
+    ["ddpm.presets"],
     ["ddpm.checkpoints"],
     ["ddpm.pipelines"],
     ["ddpm.convert", "ddpm.training"],

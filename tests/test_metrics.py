@@ -11,7 +11,6 @@ import torch
 from ddpm.checkpoints import CheckpointError, load_run
 from ddpm.cli import evaluate as evaluate_cmd
 from ddpm.cli.common import UsageError
-from ddpm.config import get_preset
 from ddpm.datasets import ImageDataset, load_dataset
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.metrics import (
@@ -30,6 +29,7 @@ from ddpm.metrics import (
 )
 from ddpm.metrics.classifier import _save_classifier
 from ddpm.nn.unet import UNet
+from ddpm.presets import get_preset
 from ddpm.schedules import make_betas
 from ddpm.training import Trainer
 

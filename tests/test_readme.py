@@ -5,7 +5,7 @@ import shlex
 from pathlib import Path
 
 from ddpm.cli import build_parser
-from ddpm.config import PRESETS
+from ddpm.presets import PRESETS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -23,7 +23,7 @@ import torch
 from ddpm._util import FolderLock, LockError
 from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_atomic
 from ddpm.cli import main
-from ddpm.config import get_preset
+from ddpm.presets import get_preset
 from ddpm.runlog import RunLog
 from ddpm.training import Trainer, TrainingError
 

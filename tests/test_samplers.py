@@ -576,8 +576,8 @@ def test_sample_dispatch_and_modes(diffusion):
 @pytest.mark.parametrize("cond_mode", ["class", "text"])
 def test_batched_guidance_and_bf16_are_the_same_function(cond_mode):
     """One stacked call on [cond; null] gives the two-call guidance; bf16 stays close to fp32."""
-    from ddpm.config import get_preset
     from ddpm.nn.unet import UNet
+    from ddpm.presets import get_preset
     from ddpm.samplers import guided, in_precision
 
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ddpm.checkpoints import CheckpointError, load_checkpoint, load_run, save_atomic
-from ddpm.config import Config, get_preset
+from ddpm.config import Config
+from ddpm.presets import get_preset
 from ddpm.training import EMA, DistInfo, Trainer, TrainingError, lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent

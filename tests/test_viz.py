@@ -11,11 +11,11 @@ from matplotlib.figure import Figure
 from ddpm import viz
 from ddpm.cli import visualize
 from ddpm.cli.common import UsageError
-from ddpm.config import get_preset
 from ddpm.datasets import class_prompts, load_dataset, to_float, toy2d
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.nn.mlp import MLP
 from ddpm.nn.unet import UNet
+from ddpm.presets import get_preset
 from ddpm.samplers import Step, ancestral_sample
 from ddpm.schedules import make_betas
 from ddpm.training import Trainer

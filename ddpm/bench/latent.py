@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ddpm.bench.measure import forward_flops, interleaved, loadavg, summary
 from ddpm.bench.runs import _batches, _condition, _machine, _synthetic_dataset
 from ddpm.checkpoints import FORMAT, build_model, save_atomic
-from ddpm.config import Config, get_preset
+from ddpm.config import Config
+from ddpm.presets import get_preset
 from ddpm.samplers import bf16_is_fast, sample
 from ddpm.training import Trainer
 

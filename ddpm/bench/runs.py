@@ -30,8 +30,9 @@ from ddpm.bench.measure import (
 )
 from ddpm.checkpoints import build_diffusion, build_model
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
-from ddpm.config import Config, get_preset
+from ddpm.config import Config
 from ddpm.datasets import ImageDataset, dataset_label_names
+from ddpm.presets import get_preset
 from ddpm.samplers import ancestral_sample, bf16_is_fast, ddim_sample, sample
 from ddpm.training import Trainer
 

@@ -19,7 +19,7 @@ from ddpm.bench import (
     run_bench,
 )
 from ddpm.cli.common import UsageError, add_device_flags, check_output, positive_int, setup_device
-from ddpm.config import PRESETS
+from ddpm.presets import PRESETS
 
 __all__ = ["add_arguments", "run"]
 

@@ -20,8 +20,8 @@ from ddpm.nn.conditioning import UnknownWordsError
 from ddpm.runtime import DEVICE_HELP, select_device
 from ddpm.samplers import PRECISIONS, SAMPLERS, SPACINGS, THRESHOLDS, default_steps
 
-__all__ = ["UsageError", "DEFAULT_RUN", "PRETRAINED", "DEFAULT_TEXT_RUN", "PRETRAINED_TEXT", "positive_int",
-           "nonnegative_int", "finite_float", "nonnegative_float", "add_run_flag", "add_sampler_flags",
+__all__ = ["UsageError", "check_prompt", "DEFAULT_RUN", "PRETRAINED", "DEFAULT_TEXT_RUN", "PRETRAINED_TEXT",
+           "positive_int", "nonnegative_int", "finite_float", "nonnegative_float", "add_run_flag", "add_sampler_flags",
            "sampler_options", "add_device_flags",
            "setup_device", "resolve_run", "load_image_run", "resolve_condition", "class_index", "check_output",
            "MAX_ECHO", "vocabulary_text"]
@@ -227,16 +227,8 @@ def resolve_condition(loaded: LoadedRun, n: int | None, klass: str | None, promp
     if mode == "class" and prompt is not None:
         raise UsageError(f"{loaded.path} is class-conditional: use --class, not --prompt")
     if prompt is not None:
-        if not prompt.strip():
-            raise UsageError("--prompt is empty; give a prompt such as \"a thick seven\" (the empty prompt is the "
-                             "null condition, which guidance contrasts a prompt with)")
-        try:
-            loaded.model.conditioner.tokenizer.encode([prompt], loaded.config.model.max_prompt_len)
-        except UnknownWordsError as e:
-            raise UsageError(f"--prompt: {shorten(e.describe(), 260)}; list the {e.vocab_size} known words with: "
-                             f"python -m ddpm sample --vocabulary{_run_flag(loaded)}") from None
-        except ValueError as e:
-            raise UsageError(shorten(str(e), 200)) from None
+        check_prompt(prompt, loaded.model.conditioner.tokenizer, loaded.config.model.max_prompt_len,
+                     f"list the {{n}} known words with: python -m ddpm sample --vocabulary{_run_flag(loaded)}")
         return [prompt] * (n or 64), n or 64, 8
     if klass is not None:
         labels = torch.full((n or 64,), class_index(klass, loaded), dtype=torch.long)
@@ -244,6 +236,20 @@ def resolve_condition(loaded: LoadedRun, n: int | None, klass: str | None, promp
     classes = num_conditions(mode, loaded.config.model.num_classes, names)
     labels = balanced_labels(n or 8 * classes, classes, grouped=True)
     return condition_for_labels(mode, labels, names, dataset), len(labels), len(labels) // classes
+
+
+def check_prompt(prompt: str, tokenizer, max_len: int, words_hint: str) -> None:
+    """--prompt is one a text encoder can read (words it knows, at most max_len of them), or one line saying
+    why not; words_hint ("{n}": how many words it knows) says where they are listed."""
+    if not prompt.strip():
+        raise UsageError("--prompt is empty; give a prompt such as \"a thick seven\" (the empty prompt is the "
+                         "null condition, which guidance contrasts a prompt with)")
+    try:
+        tokenizer.encode([prompt], max_len)
+    except UnknownWordsError as e:
+        raise UsageError(f"--prompt: {shorten(e.describe(), 260)}; {words_hint.format(n=e.vocab_size)}") from None
+    except ValueError as e:
+        raise UsageError(shorten(str(e), 200)) from None
 
 
 def _run_flag(loaded: LoadedRun) -> str:

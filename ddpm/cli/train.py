@@ -12,7 +12,8 @@ import torch.distributed
 from ddpm._util import set_threads
 from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint
 from ddpm.cli.common import UsageError, add_device_flags, finite_float, nonnegative_int, positive_int
-from ddpm.config import PRESETS, Config, get_preset
+from ddpm.config import Config
+from ddpm.presets import PRESETS, get_preset
 from ddpm.runtime import setup_distributed
 from ddpm.training import Trainer
 

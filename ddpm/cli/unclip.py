@@ -18,10 +18,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ddpm._util import shorten, write_text_atomic
 from ddpm.checkpoints import CheckpointError, LoadedRun, load_run
-from ddpm.cli.common import PRETRAINED, UsageError, finite_float, positive_int
+from ddpm.cli.common import PRETRAINED, UsageError, check_prompt, finite_float, positive_int
 from ddpm.cli.refine import resolve_stage
 from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset, to_float
-from ddpm.nn.conditioning import UnknownWordsError
 from ddpm.pipelines.unclip import (
     DECODER_ETA,
     DECODER_GUIDANCE,
@@ -112,18 +111,6 @@ def load_unclip(args, device, decoder: LoadedRun | None = None) -> Unclip:
         raise UsageError(str(e)) from None
 
 
-def _check_prompt(unclip: Unclip, prompt: str) -> None:
-    if not prompt.strip():
-        raise UsageError("--prompt is empty; give a prompt such as \"a thick seven\"")
-    try:
-        unclip.clip.tokenizer.encode([prompt], unclip.clip.config.max_prompt_len)
-    except UnknownWordsError as e:
-        raise UsageError(f"--prompt: {shorten(e.describe(), 260)} (the CLIP's words are those of the captions)") \
-            from None
-    except ValueError as e:
-        raise UsageError(shorten(str(e), 200)) from None
-
-
 def _record(path: Path, unclip: Unclip | Stage, **what) -> Path:
     """Beside the picture: which runs made it, and how (the JSON of the same name)."""
     runs = unclip.describe() if isinstance(unclip, Unclip) else {"decoder": str(unclip.run.path),
@@ -137,7 +124,8 @@ def unclip_text(args, device, out_dir: Path) -> int:
         raise UsageError("--unclip takes --prompt (the CLIP reads captions), not --class")
     unclip = load_unclip(args, device)
     if args.prompt is not None:
-        _check_prompt(unclip, args.prompt)
+        check_prompt(args.prompt, unclip.clip.tokenizer, unclip.clip.config.max_prompt_len,
+                     "the CLIP's {n} words are the captions' (python -m ddpm sample --vocabulary lists them)")
         prompts, nrow = [args.prompt] * (args.n or 8), 8
     else:
         per = args.n or 8

@@ -35,9 +35,9 @@ from ddpm.cli.common import (
     setup_device,
 )
 from ddpm.conditions import condition_for_labels
-from ddpm.config import get_preset
 from ddpm.datasets import TOY2D_NAMES, load_dataset, to_float, toy2d
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.presets import get_preset
 from ddpm.samplers import SAMPLERS, default_steps
 from ddpm.schedules import make_betas
 from ddpm.training import Trainer

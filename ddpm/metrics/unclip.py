@@ -42,7 +42,7 @@ from ddpm.metrics.attributes import adherence_plan, adherence_rows, score_adhere
 from ddpm.metrics.classifier import classifier_features
 from ddpm.metrics.super_res import SampleJudge
 from ddpm.nn.clip import Clip
-from ddpm.pipelines.unclip import Stage, Unclip, for_variations, from_prior_space, zero_shot_logits
+from ddpm.pipelines.unclip import Stage, Unclip, for_variations, zero_shot_logits
 from ddpm.samplers import sample
 
 __all__ = ["evaluate_unclip_run", "evaluate_clip", "evaluate_prior", "evaluate_text_to_image", "evaluate_variations",
@@ -132,7 +132,7 @@ def evaluate_prior(prior: Stage, test: ImageDataset, root=None, n: int = 1000, s
     clip = prior.run.clip
     gen = torch.Generator(clip.log_logit_scale.device).manual_seed(seed)
     text = clip.encode_text(captions)
-    sampled = torch.cat([from_prior_space(prior(text[i:i + batch_size], gen)).cpu()
+    sampled = torch.cat([prior(text[i:i + batch_size], gen).cpu()
                          for i in range(0, len(captions), batch_size)])
     every = image_embeddings(clip, test.images)  # partners come from the whole test set
     true = every[pick]

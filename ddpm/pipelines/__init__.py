@@ -7,6 +7,7 @@
     grids     the picture a training run draws of its progress, for every kind of run
     unclip    DALL-E 2 in miniature: a tiny CLIP, a diffusion prior of its image embeddings given its text
               embeddings, a decoder of images given image embeddings; text-to-image and variations
+    stages    the frozen networks a run builds on (an autoencoder, a CLIP), attached
     data      the training data of a run: images (+ attributes), a toy's points, or cached latent moments
 """
 
@@ -21,8 +22,9 @@ from ddpm.pipelines.cascade import (
 from ddpm.pipelines.data import training_loader
 from ddpm.pipelines.grids import training_grid
 from ddpm.pipelines.latent import attach_first_stage, reconstruction_rows, scaled_latents, store_latent_scale
+from ddpm.pipelines.stages import attach_stages
 from ddpm.pipelines.unclip import Unclip, attach_clip, training_inputs
 
 __all__ = ["attach_first_stage", "scaled_latents", "store_latent_scale", "reconstruction_rows", "training_grid",
            "training_loader", "Refiner", "check_cascade", "training_model", "bicubic_to",
-           "DEFAULT_AUG_LEVEL", "shared_options", "Unclip", "attach_clip", "training_inputs"]
+           "DEFAULT_AUG_LEVEL", "shared_options", "Unclip", "attach_clip", "training_inputs", "attach_stages"]

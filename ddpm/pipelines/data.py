@@ -26,11 +26,10 @@ def training_loader(config: Config, batch_size: int, dist: DistInfo, dataset: Im
     if dataset is None:
         dataset = load_dataset(dc.dataset, split="train", root=dc.root)
         # text runs put the digits' style into words, if their vocabulary has the words (older runs' do not)
-        # (a prior's captions go to its CLIP: the CLIP's vocabulary)
-        vocab = getattr(m, "vocab", None) or getattr(getattr(first_stage, "config", None), "vocab", None)
-        vocab = vocab if config.captioned else None
-        if vocab is not None and set(caption_vocabulary(dc.dataset)) <= set(vocab):
-            dataset = with_attributes(dataset, root=dc.root)  # measured on the full-size digits
+        if config.captioned:  # (a prior's captions go to its CLIP: the CLIP's vocabulary)
+            vocab = first_stage.config.vocab if config.model_kind == "prior" else m.vocab
+            if set(caption_vocabulary(dc.dataset)) <= set(vocab):
+                dataset = with_attributes(dataset, root=dc.root)  # measured on the full-size digits
     if dc.image_size is not None and dataset.image_size > dc.image_size:  # a cascade's base: area-averaged
         dataset = shrink(dataset, dc.image_size)
     image = first_stage.config if first_stage is not None else m  # what the images must fit

@@ -20,7 +20,7 @@ from ddpm.nn.autoencoder import Autoencoder
 from ddpm.nn.clip import Clip
 from ddpm.pipelines.cascade import Refiner
 from ddpm.pipelines.latent import reconstruction_rows
-from ddpm.pipelines.unclip import Stage, from_prior_space, zero_shot_logits
+from ddpm.pipelines.unclip import Stage, zero_shot_logits
 from ddpm.samplers import ddim_sample
 from ddpm.viz import class_grid, plot_matrix, plot_points, save_grid
 
@@ -85,7 +85,7 @@ def _unclip_grid(config: Config, model: nn.Module, diffusion: GaussianDiffusion,
         return plot_matrix(sim.cpu(), [f"a digit {n}" for n in label_names], prompts, path=path,
                            title=f"CLIP cosine similarity, step {step}")
     per = 10
-    e = from_prior_space(Stage(run, "ddim", tc.sample_steps, tc.guidance)(text.repeat_interleave(per, 0), g))
+    e = Stage(run, "ddim", tc.sample_steps, tc.guidance)(text.repeat_interleave(per, 0), g)  # unit embeddings
     predicted = zero_shot_logits(e, text).argmax(-1).reshape(len(prompts), per)
     counts = torch.stack([torch.bincount(row, minlength=len(prompts)) for row in predicted])
     return plot_matrix(counts.cpu(), prompts, list(label_names), fmt="{:.0f}", path=path, xlabel="CLIP reads it as",

@@ -120,16 +120,18 @@ class Stage:
         options = dict(self.options)
         if sampler == "ddim" and options.get("eta") is None and not prior:
             options["eta"] = DECODER_ETA
-        return {"sampler": sampler, "steps": min(steps, run.diffusion.T), "guidance": guidance, "options": options}
+        return {"sampler": sampler, "steps": steps, "guidance": guidance, "options": options}
 
     @torch.no_grad()
     def __call__(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Conditions [B, D] (a zero row: unconditional) -> samples [B, *shape]."""
+        """Conditions [B, D] (a zero row: unconditional) -> samples: a prior's as unit CLIP image embeddings
+        [B, D], a decoder's as images [B, C, H, W]."""
         run, s = self.run, self.settings()
         device = run.diffusion.betas.device
-        return sample(run.model, run.diffusion, (cond.shape[0], *run.shape), cond.to(device), sampler=s["sampler"],
-                      steps=s["steps"], guidance_scale=s["guidance"], generator=generator, device=device,
-                      **run.sampler_options(s["options"]))
+        x = sample(run.model, run.diffusion, (cond.shape[0], *run.shape), cond.to(device), sampler=s["sampler"],
+                   steps=s["steps"], guidance_scale=s["guidance"], generator=generator, device=device,
+                   **run.sampler_options(s["options"]))
+        return from_prior_space(x) if run.config.unclip_stage == "prior" else x
 
 
 def for_variations(decoder: Stage) -> Stage:
@@ -183,7 +185,7 @@ class Unclip:
     @torch.no_grad()
     def prior_sample(self, prompts: list[str], generator: torch.Generator | None = None) -> Tensor:
         """Prompts -> sampled unit CLIP image embeddings [B, D]."""
-        return from_prior_space(self.prior(self.text_embeddings(prompts), generator))
+        return self.prior(self.text_embeddings(prompts), generator)
 
     @torch.no_grad()
     def decode(self, image_emb: Tensor, generator: torch.Generator | None = None) -> Tensor:
