@@ -1,0 +1,84 @@
+"""Every shipped model in data/pretrained loads and samples exactly as it did when it was made.
+
+The numbers below were computed before the restructuring of issue 25 (one folder per paper), with fixed seeds:
+for each image, the mean, the standard deviation and a position-weighted mean of its pixels (or of an embedding's
+coordinates). A change to the process, the samplers, the networks or the loading of old checkpoints that alters
+what a shipped model computes moves them far beyond the tolerance (fp32 rounding is about 1e-6).
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm.checkpoints import load_run
+from ddpm.datasets import area_downsample, load_dataset, to_float
+from ddpm.samplers import sample
+
+PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "pretrained"
+
+GOLDEN = {
+    "mnist": [-0.38114, -0.62557, 0.66325, 0.50612, 0.02909, 0.00645],
+    "mnist-text": [-0.48387, -0.56113, 0.69556, 0.64403, 0.02024, 0.00318],
+    "mnist-latent": [-0.71067, -0.56228, 0.63193, 0.73368, 0.01328, 0.02267],
+    "mnist-base14": [-0.73855, -0.62632, 0.51679, 0.61669, 0.00678, 0.0427],
+    "mnist-sr28": [-0.78821, -0.69022, 0.51733, 0.6212, 0.01103, 0.01077],
+    "mnist-autoencoder": [-0.82083, -0.71858, 0.5063, 0.61414, 0.0098, 0.00907],
+    "mnist-clip": [0.03268, -0.00159, 0.01176, -0.02761, 0.12161, 0.12598, 0.12543, 0.12288, -0.00071, 0.00593,
+                   0.01302, 0.0124],
+    "mnist-prior": [0.0861, -0.08511, 0.99844, 0.99969, 0.12186, 0.05614],
+    "mnist-decoder": [-0.80995, -0.66191, 0.4845, 0.60337, 0.00997, 0.01339],
+}
+
+
+def stats(x: torch.Tensor) -> list[float]:
+    x = x.detach().double().reshape(x.shape[0], -1)
+    w = torch.linspace(-1, 1, x.shape[1], dtype=torch.float64)
+    return torch.cat([x.mean(1), x.std(1), (x * w).mean(1)]).tolist()
+
+
+def generate(run, cond, **options) -> torch.Tensor:
+    """Two samples, DDIM with 4 steps, seed 0, guidance 2 for a conditional model."""
+    x = sample(run.model, run.diffusion, (2, *run.shape), cond, sampler="ddim", steps=4,
+               generator=torch.Generator().manual_seed(0), guidance_scale=2.0 if cond is not None else None,
+               **run.sampler_options(options))
+    return run.decode(x)
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return to_float(load_dataset("mnist", "test").images[:2])
+
+
+def fingerprint(name: str, digits: torch.Tensor) -> list[float]:
+    run = load_run(PRETRAINED / f"{name}.pt")
+    if name == "mnist":
+        return stats(generate(run, torch.tensor([3, 7])))
+    if name in ("mnist-text", "mnist-latent"):
+        return stats(generate(run, ["a thick seven", "a two"]))
+    if name == "mnist-base14":
+        return stats(generate(run, ["a seven", "a two"]))
+    if name == "mnist-sr28":
+        from ddpm.pipelines.cascade import Refiner
+        refined = Refiner(run, steps=4)(area_downsample(digits, 14), ["a seven", "a two"],
+                                        torch.Generator().manual_seed(0))
+        return stats(refined)
+    if name == "mnist-autoencoder":
+        return stats(run.model.reconstruct(digits))
+    clip = load_run(PRETRAINED / "mnist-clip.pt").model
+    if name == "mnist-clip":
+        return stats(torch.cat([clip.encode_image(digits), clip.encode_text(["a seven", "a thick two"])]))
+    if name == "mnist-prior":
+        return stats(generate(run, clip.encode_text(["a seven", "a thick two"])))
+    return stats(generate(run, clip.encode_image(digits), eta=1.0))  # the decoder
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_a_shipped_model_samples_as_it_did(name, digits):
+    with torch.no_grad():
+        got = fingerprint(name, digits)
+    assert got == pytest.approx(GOLDEN[name], abs=2e-5), name
+
+
+def test_every_shipped_model_is_checked():
+    assert {p.stem for p in PRETRAINED.glob("*.pt")} == set(GOLDEN)
