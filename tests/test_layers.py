@@ -19,8 +19,9 @@ PKG = ROOT / "ddpm"
 LAYERS = [
     ["ddpm._util"],
     ["ddpm.datasets"],
-    ["ddpm.nn", "ddpm.schedules", "ddpm.likelihood"],
+    ["ddpm.nn", "ddpm.schedules"],
     ["ddpm.diffusion"],
+    ["ddpm.likelihood"],
     ["ddpm.samplers", "ddpm.conditions"],
     ["ddpm.viz"],
     ["ddpm.config", "ddpm.runtime", "ddpm.optim", "ddpm.runlog"],

@@ -53,7 +53,7 @@ def bits_per_dim_dataset(model, diffusion: GaussianDiffusion, dataset: ImageData
     ``ddpm.likelihood.estimate_bpd`` on a seeded subset: the (image, t) pairs are packed into forward
     passes of ``batch_size``, so the cost is n * T / batch_size forward passes whatever n is, and the
     result does not depend on batch_size. With n = all images and timesteps = None it equals
-    ``diffusion.bits_per_dim(model, x0, generator=torch.Generator().manual_seed(seed))``.
+    ``ddpm.likelihood.bits_per_dim(model, diffusion, x0, generator=torch.Generator().manual_seed(seed))``.
 
     Args:
         model: callable model(x_t, t, cond) (an nn.Module is put in eval mode meanwhile: no condition dropout).

@@ -54,7 +54,7 @@ def training_grid(config: Config, model: nn.Module, diffusion: GaussianDiffusion
     if config.model_kind == "mlp":
         g = torch.Generator(device).manual_seed(1234)
         x = ddim_sample(model, diffusion, (2000, m.dim), steps=tc.sample_steps, generator=g, device=device,
-                        clip_denoised=False)
+                        threshold="none")
         return plot_points(x, title=f"{config.data.toy}, step {step}", path=path)
     x, nrow = class_grid(model, diffusion, config.sample_shape, m.cond, label_names, config.data.dataset,
                          getattr(m, "num_classes", 0), steps=tc.sample_steps, guidance=tc.guidance, device=device,
