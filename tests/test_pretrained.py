@@ -13,6 +13,7 @@ import torch
 
 from ddpm.checkpoints import load_run
 from ddpm.datasets import area_downsample, load_dataset, to_float
+from ddpm.pipelines.cascade import Refiner
 from ddpm.samplers import sample
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "pretrained"
@@ -59,7 +60,6 @@ def fingerprint(name: str, digits: torch.Tensor) -> list[float]:
     if name == "mnist-base14":
         return stats(generate(run, ["a seven", "a two"]))
     if name == "mnist-sr28":
-        from ddpm.pipelines.cascade import Refiner
         refined = Refiner(run, steps=4)(area_downsample(digits, 14), ["a seven", "a two"],
                                         torch.Generator().manual_seed(0))
         return stats(refined)
