@@ -4,8 +4,9 @@ Timestep convention: ``t`` is an int64 tensor [B] of indices in {0..T-1}; index 
 t = 1 (see ddpm.schedules). ``alpha_bar_prev[0] = 1`` (the paper's alpha_bar_0).
 
 The process knows nothing about the network: the reverse-process functions take the network's
-*output* (p_mean_variance, p_sample), and the two that need the network itself (training_loss,
-bits_per_dim) take any callable ``model(x_t, t, cond) -> output`` [B, C, H, W].
+*output* (p_mean_variance, p_sample), and the loss, which needs the network itself (training_loss), takes
+any callable ``model(x_t, t, cond) -> output`` [B, C, H, W]. The variational bound (Eq. 5, bits/dim) sits
+on top of the process, in ddpm.likelihood; the samplers in ddpm.samplers.
 Every coefficient is computed once in float64 and stored as a buffer, so ``.to(device)`` moves them;
 ``extract`` gathers them at t and casts them to the dtype of x.
 """
@@ -17,9 +18,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from ddpm import likelihood
 from ddpm._util import check_mode
-from ddpm.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from ddpm.schedules import alpha_bar as _alpha_bar
 
 Prediction = Literal["eps", "x0", "v"]
@@ -27,8 +26,7 @@ Variance = Literal["fixed_small", "fixed_large"]
 PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 VARIANCES: tuple[str, ...] = get_args(Variance)
 
-__all__ = ["GaussianDiffusion", "extract", "normal_kl", "discretized_gaussian_log_likelihood", "PREDICTIONS",
-           "VARIANCES", "check_mode"]
+__all__ = ["GaussianDiffusion", "extract", "Prediction", "Variance", "PREDICTIONS", "VARIANCES", "check_mode"]
 
 
 def extract(a: Tensor, t: Tensor, x: Tensor) -> Tensor:
@@ -135,8 +133,6 @@ class GaussianDiffusion(nn.Module):
         """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (Salimans & Ho 2022)."""
         return extract(self.sqrt_alpha_bar, t, x0) * eps - extract(self.sqrt_one_minus_alpha_bar, t, x0) * x0
 
-    v_from = v_from_x0_eps  # the old name
-
     def x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
         return extract(self.sqrt_alpha_bar, t, x_t) * x_t - extract(self.sqrt_one_minus_alpha_bar, t, x_t) * v
@@ -189,14 +185,19 @@ class GaussianDiffusion(nn.Module):
 
         Returns dict(mean, variance, log_variance, pred_x0, pred_eps), each [B, ...] like x_t.
         """
-        check_mode(variance, VARIANCES, "variance")
+        log_var = self.p_log_variance(x_t, t, variance)
         pred_x0, pred_eps = self.pred_x0_eps(model_output, x_t, t, clip_denoised)
         mean = self.q_posterior_mean(pred_x0, x_t, t)
-        table = self.posterior_log_variance if variance == "fixed_small" else self.large_log_variance
-        log_var = extract(table, t, x_t)
         var = torch.exp(log_var)
         return {"mean": mean, "variance": var.expand_as(x_t), "log_variance": log_var.expand_as(x_t),
                 "pred_x0": pred_x0, "pred_eps": pred_eps}
+
+    def p_log_variance(self, x_t: Tensor, t: Tensor, variance: Variance = "fixed_small") -> Tensor:
+        """log sigma_t^2 of p_theta(x_{t-1} | x_t), [B, 1, ...] in x_t's dtype: log beta_tilde_t ("fixed_small") or
+        log beta_t ("fixed_large"), both with log beta_tilde of the next step at index 0 (see p_mean_variance)."""
+        check_mode(variance, VARIANCES, "variance")
+        table = self.posterior_log_variance if variance == "fixed_small" else self.large_log_variance
+        return extract(table, t, x_t)
 
     def p_sample(self, model_output: Tensor, x_t: Tensor, t: Tensor, noise: Tensor | None,
                  clip_denoised: bool = True, variance: Variance = "fixed_small") -> tuple[Tensor, Tensor]:
@@ -247,24 +248,3 @@ class GaussianDiffusion(nn.Module):
             weight = weight / {"eps": s, "x0": torch.ones_like(s), "v": s + 1}[self.prediction]
             losses = losses * weight
         return losses.mean() if reduction == "mean" else losses
-
-    # ------------------------------------------------------------------ the variational bound (ddpm.likelihood)
-    def prior_bpd(self, x0: Tensor) -> Tensor:
-        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits per dimension, [B] (ddpm.likelihood.prior_bpd)."""
-        return likelihood.prior_bpd(self, x0)
-
-    def vb_term_bpd(self, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True,
-                    variance: Variance = "fixed_large") -> Tensor:
-        """One term of Eq. 5 in bits/dim, [B] (ddpm.likelihood.vb_term_bpd)."""
-        return likelihood.vb_term_bpd(self, model_output, x0, x_t, t, clip_denoised, variance)
-
-    def bits_per_dim(self, model, x0: Tensor, cond=None, variance: Variance = "fixed_large",
-                     clip_denoised: bool = True, generator: torch.Generator | None = None,
-                     progress: bool = False) -> dict[str, Tensor]:
-        r"""The variational bound of Eq. 5 on -log p(x0) in bits/dim for a batch x0, every t (T network calls).
-
-        Returns per image [B]: "total", "prior" (L_T), "decoder" (L_0) and "terms" [B, T] (terms[:, 0] = L_0,
-        terms[:, i] = the paper's L_{t-1} for t = i + 1). See ddpm.likelihood.bits_per_dim.
-        """
-        return likelihood.bits_per_dim(model, self, x0, cond, variance=variance, clip_denoised=clip_denoised,
-                                       generator=generator, progress=progress)

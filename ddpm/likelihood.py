@@ -4,29 +4,26 @@ r"""The variational bound of Ho et al. (Eq. 5) on -log p(x0), in bits per dimens
       = KL(q(x_T|x0) || N(0, I)) + sum_t KL(q(x_{t-1}|x_t, x0) || p_theta(x_{t-1}|x_t)) - log p_theta(x0|x1)
 
 Each KL term is evaluated at one x_t ~ q(x_t | x0), an unbiased estimate of the bound, and L_0 is the
-discretized Gaussian decoder of Eq. 13. ``GaussianDiffusion.bits_per_dim`` (one batch, every t) and the
-dataset evaluation (``ddpm.metrics.bits_per_dim_dataset``: many images, optionally a stratified subset of
-t) both call ``bound_terms`` below, which packs (image, t) pairs into batches of any size.
+discretized Gaussian decoder of Eq. 13. ``bits_per_dim(model, diffusion, x0, cond)`` (one batch, every t) and
+the dataset evaluation (``estimate_bpd``, ``ddpm.metrics.bits_per_dim_dataset``: many images, optionally a
+stratified subset of t) both call ``bound_terms`` below, which packs (image, t) pairs into batches of any size.
 
-The functions take the diffusion process as an argument (anything with GaussianDiffusion's q_sample,
-q_posterior, q_mean_variance, p_mean_variance and model_t); this module imports no other part of ddpm
-but the utilities, so diffusion.py can delegate to it.
+The bound sits on top of the process: these functions take a GaussianDiffusion (its q_sample, q_posterior,
+q_mean_variance, p_mean_variance and model_t) as an argument; diffusion.py knows nothing of the bound.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddpm._util import eval_mode, select_condition
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion import GaussianDiffusion, Variance
 
 __all__ = ["normal_kl", "discretized_gaussian_log_likelihood", "prior_bpd", "vb_term_bpd", "stratified_t_plan",
            "t_ranges", "bound_terms", "bits_per_dim", "estimate_bpd", "NUM_T_RANGES"]
@@ -73,7 +70,7 @@ def prior_bpd(diffusion: GaussianDiffusion, x0: Tensor) -> Tensor:
 
 
 def vb_term_bpd(diffusion: GaussianDiffusion, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Tensor,
-                clip_denoised: bool = True, variance: str = "fixed_large") -> Tensor:
+                clip_denoised: bool = True, variance: Variance = "fixed_large") -> Tensor:
     """One term of Eq. 5 in bits/dim, [B]: L_{t-1} = KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0,
     and the discretized decoder L_0 = -log p(x0 | x_1) where t == 0."""
     true_mean, _, true_log_var = diffusion.q_posterior(x0, x_t, t)
@@ -120,7 +117,7 @@ def t_ranges(T: int, parts: int = NUM_T_RANGES) -> list[tuple[int, int]]:
 @torch.no_grad()
 def bound_terms(model, diffusion: GaussianDiffusion, x0: Tensor, t_plan: Tensor, cond: Any = None, *,
                 batch_size: int | None = None, generator: torch.Generator | None = None,
-                variance: str = "fixed_large", clip_denoised: bool = True, progress: bool = False) -> Tensor:
+                variance: Variance = "fixed_large", clip_denoised: bool = True, progress: bool = False) -> Tensor:
     """The terms L_{t} of Eq. 5 (bits/dim) for image i at each planned index t_plan[i, j]: float64 [n, k].
 
     The n * k (image, t) pairs are evaluated column by column (every image at its first planned t, then
@@ -158,7 +155,7 @@ def bound_terms(model, diffusion: GaussianDiffusion, x0: Tensor, t_plan: Tensor,
     return terms.view(k, n).T
 
 
-def bits_per_dim(model, diffusion: GaussianDiffusion, x0: Tensor, cond=None, *, variance: str = "fixed_large",
+def bits_per_dim(model, diffusion: GaussianDiffusion, x0: Tensor, cond=None, *, variance: Variance = "fixed_large",
                  clip_denoised: bool = True, generator: torch.Generator | None = None,
                  batch_size: int | None = None, progress: bool = False) -> dict[str, Tensor]:
     """The whole bound for a batch x0 [B, C, H, W] (8-bit data in [-1, 1]), every t: T network calls of B.
@@ -176,8 +173,8 @@ def bits_per_dim(model, diffusion: GaussianDiffusion, x0: Tensor, cond=None, *, 
 
 
 def estimate_bpd(model, diffusion: GaussianDiffusion, x0: Tensor, cond: Any = None, *,
-                 timesteps: int | None = None, seed: int = 0, batch_size: int = 64,
-                 variance: str = "fixed_large", clip_denoised: bool = True, progress: bool = False) -> dict[str, Any]:
+                 timesteps: int | None = None, seed: int = 0, batch_size: int = 64, variance: Variance = "fixed_large",
+                 clip_denoised: bool = True, progress: bool = False) -> dict[str, Any]:
     """The bound over a set of images x0 [n, C, H, W] on the diffusion's device, summarized in floats.
 
     timesteps: None for all T; k < T for a stratified estimate of the sum over t (``stratified_t_plan``).

@@ -13,9 +13,9 @@ from ddpm.checkpoints import build_diffusion, export_model, load_run
 from ddpm.cli import main
 from ddpm.config import Config
 from ddpm.datasets import ImageDataset, area_downsample, shrink, to_float
-from ddpm.metrics.autoencoder import psnr
+from ddpm.pipelines.latent.evaluate import psnr
 from ddpm.nn.unet import UNet, UNetConfig
-from ddpm.pipelines.cascade import (
+from ddpm.pipelines.cascade.stage import (
     Refiner,
     WithLowRes,
     aug_steps,
@@ -70,7 +70,7 @@ def test_shrinking_averages_each_block_and_keeps_labels_and_attributes():
 
 
 def test_speckle_counts_bright_pixels_far_from_the_low_res_strokes(digits):
-    from ddpm.metrics.super_res import speckle
+    from ddpm.pipelines.cascade.evaluate import speckle
     x = digits.images[:16]
     upsampled = bicubic_to(shrink(digits.subset(slice(0, 16)), 14).images, 28)
     assert speckle(x, upsampled) == 0.0  # real digits have no ink far from their own strokes

@@ -1,11 +1,13 @@
-"""The forward chain, the posterior, the reverse step and the losses of GaussianDiffusion."""
+"""The forward chain, the posterior, the reverse step and the losses of GaussianDiffusion; the bound on top of it
+(ddpm.likelihood)."""
 
 import math
 
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, discretized_gaussian_log_likelihood, normal_kl
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl, prior_bpd
 from ddpm.schedules import make_betas
 
 
@@ -88,7 +90,7 @@ def test_parameterizations_round_trip(prediction):
     target = d.target(x0, t, eps)
     pred_x0, pred_eps = d.pred_x0_eps(target, x_t, t, clip_denoised=False)
     assert torch.allclose(pred_x0, x0, atol=1e-8) and torch.allclose(pred_eps, eps, atol=1e-6)
-    v = d.v_from(x0, t, eps)
+    v = d.v_from_x0_eps(x0, t, eps)
     assert torch.allclose(d.x0_from_v(x_t, t, v), x0, atol=1e-10)
     assert torch.allclose(d.eps_from_v(x_t, t, v), eps, atol=1e-10)
     assert torch.allclose(d.eps_from_x0(x_t, t, d.x0_from_eps(x_t, t, eps)), eps, atol=1e-6)
@@ -167,7 +169,7 @@ def test_training_loss_targets_for_x0_and_v():
     t = torch.tensor([0, 100, 500, 999])
     for prediction in ("x0", "v"):
         d = GaussianDiffusion(make_betas("linear", 1000), prediction=prediction)
-        target = x0 if prediction == "x0" else d.v_from(x0, t, noise)
+        target = x0 if prediction == "x0" else d.v_from_x0_eps(x0, t, noise)
         assert d.training_loss(lambda x, tt, c, y=target: y, x0, t=t, noise=noise).item() < 1e-12
         assert d.training_loss(lambda x, tt, c: noise, x0, t=t, noise=noise).item() > 1e-3
 
@@ -219,7 +221,7 @@ def test_normal_kl_and_decoder_likelihood():
 def test_prior_term_is_about_1e5_bits_per_dim(diffusion):
     g = torch.Generator().manual_seed(7)
     x0 = torch.rand(64, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1  # CIFAR-like spread
-    prior = diffusion.prior_bpd(x0)
+    prior = prior_bpd(diffusion, x0)
     assert 0.5e-5 < prior.mean().item() < 2e-5
     # and it is what the formula gives: 0.5 * alpha_bar_T * E[x0^2] / ln 2 (to first order)
     approx = 0.5 * diffusion.alpha_bar[-1].item() * (x0**2).flatten(1).mean(1) / math.log(2)
@@ -231,7 +233,7 @@ def test_bits_per_dim_terms_are_nonnegative_for_an_untrained_model():
     g = torch.Generator().manual_seed(8)
     x0 = (torch.randint(0, 256, (4, 1, 4, 4), generator=g) / 127.5 - 1).double()
     w = torch.randn(1, generator=g, dtype=torch.float64)
-    result = d.bits_per_dim(lambda x, t, c: w * x, x0, generator=g)
+    result = bits_per_dim(lambda x, t, c: w * x, d, x0, generator=g)
     assert result["terms"].shape == (4, 50)
     assert (result["terms"][:, 1:] >= 0).all()
     assert torch.allclose(result["total"], result["terms"].sum(1) + result["prior"])
@@ -262,5 +264,30 @@ def test_p_mean_variance_variance_is_exp_log_variance_at_every_t(diffusion, vari
     assert float(out["variance"][0, 0, 0, 0]) == pytest.approx(float(diffusion.posterior_variance[1]))
 
 
-def test_v_from_x0_eps_keeps_its_old_name():
-    assert GaussianDiffusion.v_from is GaussianDiffusion.v_from_x0_eps
+def test_the_process_has_one_name_per_thing_and_knows_nothing_of_the_bound():
+    """v_from_x0_eps has no alias; the bound lives in ddpm.likelihood, which imports the process (not back)."""
+    import ast
+    from pathlib import Path
+
+    import ddpm.diffusion
+
+    assert not hasattr(GaussianDiffusion, "v_from")
+    assert not any(hasattr(GaussianDiffusion, name) for name in ("bits_per_dim", "prior_bpd", "vb_term_bpd"))
+    tree = ast.parse(Path(ddpm.diffusion.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert not any("likelihood" in name for name in imported), imported
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_p_log_variance_is_the_table_p_mean_variance_reads(diffusion, variance):
+    x_t = torch.randn(4, 1, 2, 2)
+    t = torch.tensor([0, 1, 500, 999])
+    out = diffusion.p_mean_variance(torch.randn_like(x_t), x_t, t, variance=variance)
+    log_var = diffusion.p_log_variance(x_t, t, variance)
+    assert log_var.shape == (4, 1, 1, 1) and log_var.dtype == torch.float32
+    assert torch.equal(out["log_variance"], log_var.expand_as(x_t))
+    table = diffusion.betas if variance == "fixed_large" else diffusion.posterior_variance
+    assert torch.allclose(log_var[1:].flatten().double(), table[t[1:]].log(), rtol=1e-6)
+    with pytest.raises(ValueError, match="fixed_small, fixed_large"):
+        diffusion.p_log_variance(x_t, t, "learned")

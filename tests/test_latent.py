@@ -14,8 +14,8 @@ from torch.distributions import Normal, kl_divergence
 from ddpm.checkpoints import CheckpointError, export_model, load_run, weights_fingerprint
 from ddpm.config import Config
 from ddpm.datasets import BatchLoader, to_float
-from ddpm.metrics.autoencoder import evaluate_autoencoder, psnr, reconstruct
-from ddpm.nn.autoencoder import Autoencoder, AutoencoderConfig, encode_moments, measure_latent_scale
+from ddpm.pipelines.latent.evaluate import evaluate_autoencoder, psnr, reconstruct
+from ddpm.pipelines.latent.autoencoder import Autoencoder, AutoencoderConfig, encode_moments, measure_latent_scale
 from ddpm.presets import get_preset
 from ddpm.runlog import RunLog
 from ddpm.training import Trainer, TrainingError

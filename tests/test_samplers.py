@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.likelihood import bits_per_dim
 from ddpm.samplers import (
     SAMPLERS,
     SPACINGS,
+    SamplerOptions,
     ancestral_sample,
     ancestral_sample_progressive,
     ddim_sample,
@@ -22,7 +24,6 @@ from ddpm.samplers import (
     sample,
     space_timesteps,
 )
-from ddpm.samplers.thresholding import resolve_threshold
 from ddpm.schedules import make_betas
 
 # Data: x0 ~ N(mu, Sigma) in D = 4 dimensions, stored as images [B, 1, 2, 2], well inside [-1, 1].
@@ -150,7 +151,7 @@ def test_bits_per_dim_of_the_oracle_is_close_to_and_above_the_true_entropy(diffu
     x = torch.distributions.MultivariateNormal(mu, sigma).sample((n,))
     x0 = ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # 8-bit data in [-1, 1]
     oracle = GaussianOracle(diffusion, mu, sigma)
-    result = diffusion.bits_per_dim(oracle, x0.view(n, 1, 8, 8), generator=g)
+    result = bits_per_dim(oracle, diffusion, x0.view(n, 1, 8, 8), generator=g)
     # true -log P(x0) per image: the Gaussian density times the bin volume (2/255)^D (the density is smooth
     # on the bin scale: std >= 0.12 vs a bin of 0.008), in bits/dim
     nll_true = -(torch.distributions.MultivariateNormal(mu, sigma).log_prob(x0) + D * math.log(2 / 255))
@@ -181,6 +182,27 @@ def test_ddim_eta1_over_all_steps_is_the_ancestral_sampler():
     c = ddim_sample(model, d, shape, steps=100, eta=0.0, generator=torch.Generator().manual_seed(9),
                     dtype=torch.float64)
     assert not torch.allclose(a, c, atol=1e-3)
+
+
+@pytest.mark.parametrize("steps", [100, 10])
+def test_ddim_eta1_is_ancestral_with_beta_tilde_step_by_step_not_with_beta(steps):
+    """DDIM's sigma_t(eta = 1)^2 = (1 - abar_{t-1}) / (1 - abar_t) (1 - abar_t / abar_{t-1}) is beta_tilde_t of the
+    process it runs on, and its mean sqrt(abar_{t-1}) x0 + sqrt(1 - abar_{t-1} - sigma_t^2) eps is then mu_tilde(x_t,
+    x0) (Eq. 7): with the same noise, every step of DDIM(eta = 1) is the ancestral step with variance
+    "fixed_small", on all T steps and on a respaced process alike. No eta gives "fixed_large" (beta_t /
+    beta_tilde_t = (1 - abar_t) / (1 - abar_{t-1}) changes with t): that sampler differs."""
+    d = GaussianDiffusion(make_betas("linear", 100))
+    w = torch.randn(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    model = lambda x, t, cond: torch.tanh(w * x + t.view(-1, 1, 1, 1) / 100)  # noqa: E731
+    run = lambda fn, **kw: list(fn(model, d, (5, 3, 4, 4), steps=steps, dtype=torch.float64,  # noqa: E731
+                                   generator=torch.Generator().manual_seed(9), **kw))
+    ddim, small = run(ddim_sample_progressive, eta=1.0), run(ancestral_sample_progressive)
+    large = run(ancestral_sample_progressive, variance="fixed_large")
+    for a, b in zip(ddim, small, strict=True):
+        assert a.t == b.t
+        torch.testing.assert_close(a.pred_x0, b.pred_x0, rtol=0, atol=1e-10)
+        torch.testing.assert_close(a.x_prev, b.x_prev, rtol=0, atol=1e-10)
+    assert (ddim[-1].x_prev - large[-1].x_prev).abs().max() > 1e-3
 
 
 def test_ddim_eta0_is_deterministic_given_x_T():
@@ -505,10 +527,10 @@ def test_threshold_modes_in_every_sampler(sampler):
     d = GaussianDiffusion(make_betas("linear", 100), prediction="x0")
     run = lambda **kw: list(sample(_wild_x0_model, d, (3, *SHAPE), sampler=sampler, steps=10, progressive=True,  # noqa: E731
                                    generator=torch.Generator().manual_seed(1), **kw))
-    default, clip, old_clip = run(), run(threshold="clip"), run(clip_denoised=True)
-    dynamic, none = run(threshold="dynamic"), run(clip_denoised=False)
-    # the default is plain clipping, bit for bit, whichever way it is spelled
-    for steps in (clip, old_clip):
+    default, clip, unset = run(), run(threshold="clip"), run(threshold=None)
+    dynamic, none = run(threshold="dynamic"), run(threshold="none")
+    # the default is plain clipping, bit for bit (threshold=None means the default)
+    for steps in (clip, unset):
         assert all(torch.equal(a.x_prev, b.x_prev) for a, b in zip(default, steps, strict=True))
     assert all(s.pred_x0.abs().max() <= 1 for s in dynamic + clip)
     assert max(s.pred_x0.abs().max() for s in none) > 2
@@ -522,27 +544,57 @@ def test_threshold_modes_in_every_sampler(sampler):
 
 
 def test_threshold_arguments():
-    assert resolve_threshold(None, None) == "clip" and resolve_threshold(False, None) == "none"
-    assert resolve_threshold(True, "clip") == "clip" and resolve_threshold(None, "dynamic") == "dynamic"
-    with pytest.raises(ValueError, match="contradicts"):
-        resolve_threshold(True, "dynamic")
+    assert SamplerOptions().threshold == "clip" and SamplerOptions(threshold=None).threshold == "clip"
+    assert SamplerOptions(threshold="dynamic").threshold == "dynamic"
     with pytest.raises(ValueError, match="unknown threshold 'static'; expected one of: clip, dynamic, none"):
-        resolve_threshold(None, "static")
+        SamplerOptions(threshold="static")
+    with pytest.raises(ValueError, match="unknown threshold 'static'"):
+        ddim_sample_progressive(lambda x, t, c: x, GaussianDiffusion(make_betas("linear", 50)), (1, *SHAPE),
+                                steps=5, threshold="static")  # raised at the call, before any step
 
 
-def test_default_ancestral_path_is_the_p_sample_loop(diffusion):
-    """The ancestral sampler's default is Algorithm 2 with GaussianDiffusion.p_sample, to the bit."""
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_an_unknown_keyword_is_a_type_error_at_the_call(diffusion, sampler):
+    """The shared keywords travel as SamplerOptions; anything else (a typo, a removed name, another sampler's own
+    parameter) is a TypeError, raised when the sampler is called, not at its first step."""
+    from ddpm.samplers import _PROGRESSIVE
+
     model = GaussianOracle(diffusion)
+    other = {"ancestral": "eta", "ddim": "variance", "dpmpp-2m": "eta", "dpmpp-3m": "variance"}[sampler]
+    for bad in ({"stpes": 5}, {"clip_denoised": False}, {other: 0.0}):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{next(iter(bad))}'"):
+            _PROGRESSIVE[sampler](model, diffusion, (1, *SHAPE), **bad)  # not iterated
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            sample(model, diffusion, (1, *SHAPE), sampler=sampler, steps=5, **bad)
+    with pytest.raises(TypeError, match="use threshold="):
+        sample(model, diffusion, (1, *SHAPE), sampler=sampler, clip_denoised=True)
+    for fn in (ancestral_sample, ddim_sample, dpmpp_sample, dpmpp_2m_sample, dpmpp_3m_sample):
+        with pytest.raises(TypeError, match="unexpected keyword argument 'guidance'"):
+            fn(model, diffusion, (1, *SHAPE), guidance=2.0)
+
+
+@pytest.mark.parametrize("steps", [20, None])
+@pytest.mark.parametrize("threshold,variance", [("clip", "fixed_small"), ("none", "fixed_small"),
+                                                ("clip", "fixed_large"), ("none", "fixed_large")])
+def test_the_ancestral_loop_is_the_p_sample_loop_step_by_step(threshold, variance, steps):
+    """Parity: the sampler's own loop is Algorithm 2 written with GaussianDiffusion.p_sample, to the bit, at every
+    step (x_t, pred_x0, x_{t-1}), with the same draws in the same order (x_T, then z for each step but the last)."""
+    diffusion = GaussianDiffusion(make_betas("linear", 100))
+    model = GaussianOracle(diffusion)
+    got = list(ancestral_sample_progressive(model, diffusion, (3, *SHAPE), steps=steps, variance=variance,
+                                            threshold=threshold, generator=torch.Generator().manual_seed(7)))
     g = torch.Generator().manual_seed(7)
-    got = ancestral_sample(model, diffusion, (3, *SHAPE), steps=20, generator=g)
-    g = torch.Generator().manual_seed(7)
-    process = respace(diffusion, 20)
+    process = diffusion if steps is None else respace(diffusion, steps)
     x = torch.randn((3, *SHAPE), generator=g)
-    for i in reversed(range(20)):
+    assert len(got) == process.T
+    for i, step in zip(reversed(range(process.T)), got, strict=True):
         t = torch.full((3,), i, dtype=torch.long)
+        output = model(x, process.model_t(t))
         noise = torch.randn(x.shape, generator=g) if i > 0 else None
-        x, _ = process.p_sample(model(x, process.model_t(t)), x, t, noise, True, "fixed_small")
-    assert torch.equal(got, x)
+        x_prev, pred_x0 = process.p_sample(output, x, t, noise, threshold == "clip", variance)
+        assert step.t == int(process.timestep_map[i])
+        assert torch.equal(step.x_t, x) and torch.equal(step.pred_x0, pred_x0) and torch.equal(step.x_prev, x_prev)
+        x = x_prev
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

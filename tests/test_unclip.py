@@ -14,12 +14,12 @@ from ddpm.checkpoints import CheckpointError, export_model, load_run
 from ddpm.cli import main
 from ddpm.config import Config, UnclipConfig
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.metrics.unclip import pairwise_diversity, retrieval
-from ddpm.nn.clip import Clip, ClipConfig, contrastive_losses
+from ddpm.pipelines.unclip.evaluate import pairwise_diversity, retrieval
+from ddpm.pipelines.unclip.clip import Clip, ClipConfig, contrastive_losses
 from ddpm.nn.conditioning import EmbeddingConditioner
-from ddpm.nn.prior import DiffusionPrior, PriorConfig
+from ddpm.pipelines.unclip.prior import DiffusionPrior, PriorConfig
 from ddpm.nn.unet import UNET_PRESETS, UNet
-from ddpm.pipelines.unclip import Stage, Unclip, check_unclip, from_prior_space, slerp, to_prior_space
+from ddpm.pipelines.unclip.stage import Stage, Unclip, check_unclip, from_prior_space, slerp, to_prior_space
 from ddpm.presets import get_preset
 from ddpm.samplers import guided, sample, with_null
 from ddpm.schedules import make_betas

@@ -213,7 +213,7 @@ def test_toy_figures(tmp_path):
     model = MLP().eval()
     d = GaussianDiffusion(make_betas("linear", 30))
     points = toy2d("moons", 300)
-    steps = viz.reverse_trajectory(model, d, (50, 2), frames=None, generator=gen(), clip_denoised=False)
+    steps = viz.reverse_trajectory(model, d, (50, 2), frames=None, generator=gen(), threshold="none")
     assert len(steps) == 31 and steps[0].t == 29 and steps[-1].t == -1
     fig = viz.plot_score_field(model, d, ts=[0, 29], data=points, grid=7)
     assert len(fig.axes) == 2 and "t = 30" in fig.axes[1].get_title()

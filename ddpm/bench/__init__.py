@@ -33,9 +33,9 @@ The command ``python -m ddpm bench`` lives in ``ddpm.cli.bench``.
 """
 
 from ddpm._util import num_threads
-from ddpm.bench.cascade import compare_cascade, format_cascade_comparison
+from ddpm.pipelines.cascade.bench import compare_cascade, format_cascade_comparison
 from ddpm.bench.knobs import explore_knobs, profile_steps
-from ddpm.bench.latent import compare_latent, format_latent_comparison
+from ddpm.pipelines.latent.bench import compare_latent, format_latent_comparison
 from ddpm.bench.measure import conv_flops, forward_flops, matmul_flops, train_flops
 from ddpm.bench.report import format_bench
 from ddpm.bench.runs import GOALS, bench_sampling, bench_training, run_bench

@@ -19,7 +19,7 @@ from pathlib import Path
 from ddpm._util import write_text_atomic
 from ddpm.checkpoints import load_run
 from ddpm.cli import common
-from ddpm.cli.refine import (
+from ddpm.pipelines.cascade.cli import (
     DEFAULT_BASE_RUN,
     PRETRAINED_BASE,
     add_refine_flags,
@@ -27,7 +27,7 @@ from ddpm.cli.refine import (
     load_refiner,
     resolve_stage,
 )
-from ddpm.cli.unclip import add_unclip_flags, load_unclip
+from ddpm.pipelines.unclip.cli import add_unclip_flags, load_unclip
 from ddpm.metrics import (
     cascade_sweep,
     evaluate_run,
@@ -37,8 +37,8 @@ from ddpm.metrics import (
     quality_sweep,
     report_path,
 )
-from ddpm.metrics.unclip import evaluate_unclip_run, unclip_rows
-from ddpm.pipelines.unclip import Stage
+from ddpm.pipelines.unclip.evaluate import evaluate_unclip_run, unclip_rows
+from ddpm.pipelines.unclip.stage import Stage
 from ddpm.viz import plot_quality_vs_calls
 
 __all__ = ["add_arguments", "run"]
@@ -154,7 +154,7 @@ def _sweep(args, run_path: Path) -> int:
 
 
 def _unclip(args, loaded, device, out: Path) -> int:
-    """A CLIP, a prior or a decoder (with --prior: text to image; and its variations) (ddpm.metrics.unclip)."""
+    """A CLIP, a prior or a decoder (with --prior: text to image; and its variations) (ddpm.pipelines.unclip.evaluate)."""
     if args.sampler != ["ddim"] or args.refine is not None:
         raise common.UsageError("unCLIP's stages take --decoder-sampler and --prior-sampler (and their --*-steps), "
                                 "one model at a time: drop --sampler and --refine")

@@ -1,8 +1,8 @@
 """Sample from a trained run (EMA weights) and write an image grid; optionally the reverse process as a GIF.
 
 With --refine, a cascade: the base run's small samples and their refinements by a super-resolution run, side by
-side; with --refine and --from-test, real test digits shrunk, refined, and as they were (ddpm.cli.refine).
-With --unclip, text -> prior -> decoder; with --variations, a digit's CLIP embedding decoded again (ddpm.cli.unclip)."""
+side; with --refine and --from-test, real test digits shrunk, refined, and as they were (ddpm.pipelines.cascade.cli).
+With --unclip, text -> prior -> decoder; with --variations, a digit's CLIP embedding decoded again (ddpm.pipelines.unclip.cli)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from ddpm.cli.common import (
     setup_device,
     vocabulary_text,
 )
-from ddpm.cli.refine import (
+from ddpm.pipelines.cascade.cli import (
     DEFAULT_BASE_RUN,
     PRETRAINED_BASE,
     add_refine_flags,
@@ -35,7 +35,7 @@ from ddpm.cli.refine import (
     load_refiner,
     resolve_stage,
 )
-from ddpm.cli.unclip import add_unclip_flags, unclip_text, unclip_variations
+from ddpm.pipelines.unclip.cli import add_unclip_flags, unclip_text, unclip_variations
 from ddpm.conditions import condition_for_labels
 from ddpm.datasets import area_downsample, load_dataset, to_float
 from ddpm.samplers import sample

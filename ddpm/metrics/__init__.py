@@ -55,7 +55,7 @@ from ddpm.metrics.evaluate import (
     sample_conditions,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
-from ddpm.metrics.super_res import evaluate_super_res
+from ddpm.pipelines.cascade.evaluate import evaluate_super_res
 from ddpm.metrics.sweep import cascade_sweep, format_cascade_sweep, format_sweep, quality_sweep
 
 __all__ = ["bits_per_dim_dataset", "SmallCNN", "train_classifier", "load_or_train_classifier", "classifier_path",

@@ -24,7 +24,7 @@ from ddpm.datasets import ImageDataset, load_dataset, mnist_edges, shrink, to_fl
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.likelihood import estimate_bpd
 from ddpm.metrics.attributes import adherence_plan, adherence_rows, adherence_supported, score_adherence
-from ddpm.metrics.autoencoder import autoencoder_rows, evaluate_autoencoder
+from ddpm.pipelines.latent.evaluate import autoencoder_rows, evaluate_autoencoder
 from ddpm.metrics.classifier import (
     CLASSIFIER_DATASETS,
     classifier_features,
@@ -32,7 +32,7 @@ from ddpm.metrics.classifier import (
     load_or_train_classifier,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors, inception_fid
-from ddpm.metrics.super_res import evaluate_super_res, super_res_rows
+from ddpm.pipelines.cascade.evaluate import evaluate_super_res, super_res_rows
 from ddpm.pipelines import DEFAULT_AUG_LEVEL, Refiner, bicubic_to, check_cascade, shared_options
 from ddpm.samplers import SAMPLERS, default_steps, sample
 

@@ -22,7 +22,7 @@ from ddpm.checkpoints import LoadedRun, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.datasets import load_dataset
 from ddpm.metrics.evaluate import judge_samples, sample_conditions
-from ddpm.metrics.super_res import SampleJudge, refine_in_batches, speckle
+from ddpm.pipelines.cascade.evaluate import SampleJudge, refine_in_batches, speckle
 from ddpm.pipelines import Refiner, bicubic_to, check_cascade
 
 __all__ = ["quality_sweep", "format_sweep", "cascade_sweep", "format_cascade_sweep"]

@@ -2,9 +2,10 @@
 
 A sampler takes a model (any callable ``model(x_t, t, cond) -> output`` [B, C, H, W]) and a
 GaussianDiffusion; it knows nothing about U-Nets. Each sampler comes as a generator that yields every
-step (``*_progressive``, for plots and animations) and a plain function that returns x_0.
+step (``*_progressive``, for plots and animations) and a plain function that returns x_0. Its loop is in its
+own file, one network call and the paper's update per step.
 
-    steps         Step (what a sampler yields) and the loop every sampler shares
+    steps         Step (what a sampler yields) and SamplerOptions (what every sampler shares)
     respacing     which timesteps a sampler with fewer steps visits (uniform | lambda | karras), respace
     thresholding  what happens to a predicted x_0 outside [-1, 1] (clip | dynamic | none)
     guidance      classifier-free guidance (two calls or one stacked call) and bf16, around any model
@@ -12,8 +13,9 @@ step (``*_progressive``, for plots and animations) and a plain function that ret
     ddim          DDIM (Song et al. 2021)
     dpm_solver    DPM-Solver++ 2M / 3M (Lu et al. 2022)
 
-Every sampler that skips steps takes ``spacing``, every one takes ``threshold`` (and ``percentile``),
-``guidance_scale``, ``x_T``, ``generator``, ``device``, ``dtype`` and ``progress``.
+A sampler's signature shows its own parameters (ancestral: steps, variance; ddim: steps, eta; dpmpp: steps,
+order); the keyword arguments they all share (spacing, guidance_scale, batched_guidance, precision, threshold,
+percentile, x_T, generator, device, dtype, progress) are SamplerOptions, documented there once.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ddpm.samplers.dpm_solver import (
 )
 from ddpm.samplers.guidance import PRECISIONS, bf16_is_fast, guided, in_precision, with_null
 from ddpm.samplers.respacing import SPACINGS, Spacing, respace, space_timesteps
-from ddpm.samplers.steps import Step, last
+from ddpm.samplers.steps import SamplerOptions, Step, last
 from ddpm.samplers.thresholding import THRESHOLDS, Threshold, dynamic_threshold
 
 Sampler = Literal["ancestral", "ddim", "dpmpp-2m", "dpmpp-3m"]
@@ -49,7 +51,7 @@ _PROGRESSIVE: dict[str, Callable] = {
 }
 
 __all__ = ["PRECISIONS", "bf16_is_fast", "in_precision", "with_null", "default_steps", "DEFAULT_STEPS", "Step",
-           "Sampler", "SAMPLERS", "Spacing", "SPACINGS", "Threshold",
+           "SamplerOptions", "Sampler", "SAMPLERS", "Spacing", "SPACINGS", "Threshold",
            "THRESHOLDS", "space_timesteps",
            "respace", "guided", "dynamic_threshold", "ancestral_sample", "ancestral_sample_progressive", "ddim_sample",
            "ddim_sample_progressive", "dpmpp_sample", "dpmpp_sample_progressive", "dpmpp_2m_sample",
@@ -69,7 +71,8 @@ def default_steps(sampler: str, T: int) -> int:
 
 def sample(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None, *,
            sampler: Sampler = "ancestral", progressive: bool = False, **kwargs):
-    """Dispatch on the sampler's name ("ancestral" | "ddim" | "dpmpp-2m" | "dpmpp-3m"); kwargs go to the sampler.
+    """Dispatch on the sampler's name ("ancestral" | "ddim" | "dpmpp-2m" | "dpmpp-3m"); kwargs go to the sampler
+    (its own, e.g. steps, variance, eta, and those of SamplerOptions; any other raises TypeError).
 
     Returns x_0 [B, C, H, W], or with progressive=True the iterator of its Steps.
     """

@@ -8,48 +8,46 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers.respacing import Spacing
-from ddpm.samplers.steps import Step, last, noise, prepare, reverse_loop
-from ddpm.samplers.thresholding import DEFAULT_PERCENTILE, Threshold, denoise, resolve_threshold
+from ddpm.samplers.steps import SamplerOptions, Step, last
 
 __all__ = ["ddim_sample_progressive", "ddim_sample"]
 
 
-@torch.no_grad()
 def ddim_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None, *,
-                            steps: int = 50, eta: float = 0.0, spacing: Spacing = "uniform",
-                            guidance_scale: float | None = None, clip_denoised: bool | None = None,
-                            threshold: Threshold | None = None, percentile: float = DEFAULT_PERCENTILE,
-                            x_T: Tensor | None = None, generator: torch.Generator | None = None, device=None,
-                            dtype=torch.float32, precision: str = "fp32", batched_guidance: bool = False,
-                            progress: bool = False) -> Iterator[Step]:
-    r"""DDIM (Song et al. 2021, Eq. 12) on S = ``steps`` timesteps chosen by ``spacing`` (a respaced process):
+                            steps: int = 50, eta: float = 0.0, **options) -> Iterator[Step]:
+    """DDIM on ``steps`` timesteps (a respaced process), with noise eta sigma_tilde_t: eta = 0 is deterministic
+    given x_T; eta = 1 over the same timesteps is the ancestral sampler with sigma_t^2 = beta_tilde_t.
 
-        x_{t-1} = sqrt(alpha_bar_{t-1}) pred_x0 + sqrt(1 - alpha_bar_{t-1} - sigma_t^2) pred_eps + sigma_t z,
-        sigma_t = eta sqrt((1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{t-1}).
-
-    eta = 0 is deterministic given x_T; eta = 1 over all T steps is the ancestral sampler with
-    sigma_t^2 = beta_tilde_t. ``threshold`` ("clip" default | "dynamic" | "none", or the old ``clip_denoised``)
-    acts on pred_x0, and pred_eps follows it. Yields a Step (t, x_t, pred_x0, x_{t-1}) after every step.
+    Yields a Step (t, x_t, pred_x0, x_{t-1}) after every step; the last one's x_prev is x_0. ``options``: the
+    keyword arguments every sampler takes (ddpm.samplers.SamplerOptions: spacing, guidance_scale, threshold, x_T,
+    generator, device, dtype, progress, ...); pred_eps follows the thresholded pred_x0.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    threshold = resolve_threshold(clip_denoised, threshold)
-    process, model, x = prepare(model, diffusion, shape, steps=steps, spacing=spacing, guidance_scale=guidance_scale,
-                                x_T=x_T, generator=generator, device=device, dtype=dtype,
-                                precision=precision, batched_guidance=batched_guidance)
+    return _ddim(model, diffusion, shape, cond, steps, eta, SamplerOptions.of("ddim_sample_progressive", options))
 
-    def update(i: int, t: Tensor, x: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
-        pred_x0, pred_eps = denoise(process, output, x, t, threshold, percentile)
-        abar = float(process.alpha_bar[i])
-        abar_prev = float(process.alpha_bar_prev[i])
+
+@torch.no_grad()
+def _ddim(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond, steps: int, eta: float,
+          opts: SamplerOptions) -> Iterator[Step]:
+    r"""DDIM, Song et al. 2021, Eq. 12 (with Eq. 16 for sigma_t), from x_T ~ N(0, I):
+
+        x_{t-1} = sqrt(alpha_bar_{t-1}) pred_x0 + sqrt(1 - alpha_bar_{t-1} - sigma_t^2) pred_eps + sigma_t z,
+        sigma_t = eta sqrt((1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{t-1}),
+
+    z ~ N(0, I), z = 0 at the last step (there sigma_t = 0 anyway, since alpha_bar_{t-1} = 1).
+    """
+    process, model, x = opts.start(model, diffusion, shape, steps)
+    for i, t in opts.countdown(process, x, "sampling (DDIM)"):
+        output = model(x, process.model_t(t), cond)
+        pred_x0, pred_eps = opts.denoise(process, output, x, t)
+        abar, abar_prev = float(process.alpha_bar[i]), float(process.alpha_bar_prev[i])
         sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
         x_prev = abar_prev**0.5 * pred_x0 + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * pred_eps
         if sigma > 0 and i > 0:
-            x_prev = x_prev + sigma * noise(x.shape, x.device, x.dtype, generator)
-        return pred_x0, x_prev
-
-    yield from reverse_loop(model, process, x, cond, update, progress=progress, desc="sampling (DDIM)")
+            x_prev = x_prev + sigma * opts.noise(x)
+        yield Step(int(process.timestep_map[i]), x, pred_x0, x_prev)
+        x = x_prev
 
 
 def ddim_sample(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None, **kwargs) -> Tensor:

@@ -41,9 +41,7 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers.respacing import Spacing
-from ddpm.samplers.steps import Step, last, prepare, reverse_loop
-from ddpm.samplers.thresholding import DEFAULT_PERCENTILE, Threshold, denoise, resolve_threshold
+from ddpm.samplers.steps import SamplerOptions, Step, last
 
 LOWER_ORDER_FINAL_STEPS = 15  # with fewer solver steps to the last timestep, the final ones use lower orders
 
@@ -87,31 +85,32 @@ def dpmpp_update(x: Tensor, alpha_bar_s: float, alpha_bar_t: float, history: Seq
     return (sigma_t / sigma_s) * x - (alpha_t * phi_1) * d0 + (alpha_t * phi_2) * first - (alpha_t * phi_3) * second
 
 
-@torch.no_grad()
 def dpmpp_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None, *,
-                             order: int = 2, steps: int = 15, spacing: Spacing = "uniform",
-                             guidance_scale: float | None = None, clip_denoised: bool | None = None,
-                             threshold: Threshold | None = None, percentile: float = DEFAULT_PERCENTILE,
-                             x_T: Tensor | None = None, generator: torch.Generator | None = None, device=None,
-                             dtype=torch.float32, precision: str = "fp32", batched_guidance: bool = False,
-                             progress: bool = False) -> Iterator[Step]:
-    """Multistep DPM-Solver++ of ``order`` 1, 2 (2M) or 3 (3M) on ``steps`` timesteps chosen by ``spacing``.
+                             steps: int = 15, order: int = 2, **options) -> Iterator[Step]:
+    """Multistep DPM-Solver++ of ``order`` 1, 2 (2M) or 3 (3M) on ``steps`` timesteps (a respaced process).
 
-    One model call per step (eps, x0 or v models alike: D = pred_x0, thresholded as ``threshold`` says: "clip"
-    default | "dynamic" | "none", or the old ``clip_denoised``). Deterministic given x_T. Yields a Step
-    (t, x_t, pred_x0 = D, x_prev) after every step; the last one's x_prev is x_0. See the module docstring.
+    One model call per step (eps, x0 or v models alike: D = pred_x0, thresholded). Deterministic given x_T. Yields
+    a Step (t, x_t, pred_x0 = D, x_prev) after every step; the last one's x_prev is x_0. ``options``: the keyword
+    arguments every sampler takes (ddpm.samplers.SamplerOptions: spacing, guidance_scale, threshold, x_T,
+    generator, device, dtype, progress, ...). See the module docstring.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"the order of DPM-Solver++ must be 1, 2 or 3, got {order}")
-    threshold = resolve_threshold(clip_denoised, threshold)
-    process, model, x = prepare(model, diffusion, shape, steps=steps, spacing=spacing, guidance_scale=guidance_scale,
-                                x_T=x_T, generator=generator, device=device, dtype=dtype,
-                                precision=precision, batched_guidance=batched_guidance)
-    history: list[tuple[float, Tensor]] = []  # (lambda, D) of the latest steps, oldest first
+    return _dpmpp(model, diffusion, shape, cond, steps, order, SamplerOptions.of("dpmpp_sample_progressive", options))
 
-    def update(i: int, t: Tensor, x: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
+
+@torch.no_grad()
+def _dpmpp(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond, steps: int, order: int,
+           opts: SamplerOptions) -> Iterator[Step]:
+    """The multistep loop: at each timestep s one model call gives D_0 = pred_x0; with the (lambda, D) of the
+    latest steps, dpmpp_update goes from x_s to x_t at the next timestep (alpha_bar_t = alpha_bar_prev[i]), of
+    order <= ``order``: 1 at the first step, 1 into x_0 at the last, and lower near the end with few steps."""
+    process, model, x = opts.start(model, diffusion, shape, steps)
+    history: list[tuple[float, Tensor]] = []  # (lambda, D) of the latest steps, oldest first
+    for i, t in opts.countdown(process, x, f"sampling (DPM-Solver++, order {order})"):
+        output = model(x, process.model_t(t), cond)
         abar = float(process.alpha_bar[i])
-        pred_x0, _ = denoise(process, output, x, t, threshold, percentile)
+        pred_x0, _ = opts.denoise(process, output, x, t)  # D_0
         history.append((half_log_snr(abar), pred_x0))
         del history[:-order]
         n = len(history)
@@ -119,10 +118,10 @@ def dpmpp_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shap
             n = 1  # the last step lands on x_0 (lambda = inf): x_0 = D_0
         elif process.T - 1 < LOWER_ORDER_FINAL_STEPS:
             n = min(n, i)  # lower_order_final: i steps are left to the last chosen timestep
-        return pred_x0, dpmpp_update(x, abar, float(process.alpha_bar_prev[i]), history[-n:])
-
-    yield from reverse_loop(model, process, x, cond, update, progress=progress,
-                            desc=f"sampling (DPM-Solver++, order {order})")
+        # x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, D from the last n (lambda, D) (module docstring)
+        x_prev = dpmpp_update(x, abar, float(process.alpha_bar_prev[i]), history[-n:])
+        yield Step(int(process.timestep_map[i]), x, pred_x0, x_prev)
+        x = x_prev
 
 
 def dpmpp_sample(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None, **kwargs) -> Tensor:

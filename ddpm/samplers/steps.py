@@ -1,15 +1,16 @@
-"""What every sampler shares: the Step it yields, its start (process, guided model, x_T) and its loop.
+"""What every sampler shares: the Step it yields, and the plumbing around its loop (SamplerOptions).
 
-A sampler is an ``update(i, t, x_t, output) -> (pred_x0, x_prev)`` plugged into ``reverse_loop``, which calls
-the network once per step (with the original timestep index) and yields a Step. ``i`` counts the steps of the
-(respaced) process down from S - 1 to 0; ``t`` is i as an int64 tensor [B].
+A sampler's own file holds its loop, k-diffusion style: for i = S-1..0 one network call, its update on the page,
+one Step yielded. Everything else (respacing, guidance, precision, x_T, noise, the progress bar, thresholding)
+is SamplerOptions, the keyword arguments every sampler takes besides its own, documented here once.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -17,10 +18,14 @@ from tqdm.auto import tqdm
 
 from ddpm._util import check_mode
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers.guidance import guided, in_precision
+from ddpm.samplers.guidance import PRECISIONS, guided, in_precision
 from ddpm.samplers.respacing import SPACINGS, Spacing, respace
+from ddpm.samplers.thresholding import DEFAULT_PERCENTILE, THRESHOLDS, Threshold, denoise
 
-__all__ = ["Step", "Update", "noise", "prepare", "reverse_loop", "last"]
+__all__ = ["Step", "SamplerOptions", "last"]
+
+# keywords that samplers no longer take, and what to pass instead (named in the TypeError)
+_REMOVED = {"clip_denoised": "threshold='clip' | 'none' (or 'dynamic')"}
 
 
 class Step(NamedTuple):
@@ -45,44 +50,82 @@ class Step(NamedTuple):
         return Step(-1, x0, x0, x0)
 
 
-# update(i, t, x_t, network output) -> (pred_x0, x_prev)
-Update = Callable[[int, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+@dataclass(frozen=True)
+class SamplerOptions:
+    """The keyword arguments every sampler takes besides its own (``**options`` in each signature):
 
+        spacing           which ``steps`` timesteps a sampler with steps < T visits: "uniform" (default) | "lambda"
+                          | "karras" (ddpm.samplers.respacing); the process is respaced to them
+        guidance_scale    classifier-free guidance at scale s (ddpm.samplers.guidance); None or 1: the plain model
+        batched_guidance  guidance's two network calls as one call on the stacked batch [x_t; x_t], [cond; null]
+        precision         the network's arithmetic: "fp32" (default) | "bf16" | "auto"; the sampler's stays in dtype
+        threshold         what happens to pred_x0 outside [-1, 1]: "clip" (default; None means it) | "dynamic" |
+                          "none" (ddpm.samplers.thresholding)
+        percentile        the percentile p of "dynamic" thresholding (0.995)
+        x_T               where the reverse process starts [B, ...]; default: N(0, I) drawn from ``generator``
+        generator         a torch.Generator on ``device`` for every draw (x_T, then each step's z): the same seed
+                          gives the same images
+        device            where x_T lives (default: the diffusion's device)
+        dtype             of x_T and the sampler's arithmetic (default float32)
+        progress          a tqdm bar over the steps
 
-def noise(shape: Sequence[int], device, dtype, generator: torch.Generator | None) -> Tensor:
-    """z ~ N(0, I) from ``generator`` (on ``device``): the same seed gives the same images."""
-    return torch.randn(tuple(shape), device=device, dtype=dtype, generator=generator)
-
-
-def prepare(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], *, steps: int | None,
-            spacing: Spacing, guidance_scale: float | None, x_T: Tensor | None,
-            generator: torch.Generator | None, device, dtype, precision: str = "fp32",
-            batched_guidance: bool = False) -> tuple[GaussianDiffusion, Callable, Tensor]:
-    """The start every sampler shares: (process, model, x_T).
-
-    process: the diffusion respaced to ``steps`` timesteps chosen by ``spacing`` (the full process for steps
-    None or T); model: with classifier-free guidance at ``guidance_scale`` (two calls, or one stacked call with
-    batched_guidance), run in ``precision`` ("fp32" | "bf16"); x_T: the given one, or N(0, I), on ``device``
-    (default: the diffusion's) in ``dtype``.
+    A sampler builds them with ``SamplerOptions.of(name, options)``, which raises TypeError for an unknown keyword.
     """
-    check_mode(spacing, SPACINGS, "spacing")
-    device = device if device is not None else diffusion.betas.device
-    process = diffusion if steps is None or steps == diffusion.T else respace(diffusion, steps, spacing)
-    model = guided(in_precision(model, precision), guidance_scale, batched=batched_guidance)
-    x = noise(shape, device, dtype, generator) if x_T is None else x_T.to(device, dtype)
-    return process, model, x
 
+    spacing: Spacing = "uniform"
+    guidance_scale: float | None = None
+    batched_guidance: bool = False
+    precision: str = "fp32"
+    threshold: Threshold | None = "clip"
+    percentile: float = DEFAULT_PERCENTILE
+    x_T: Tensor | None = None
+    generator: torch.Generator | None = None
+    device: Any = None
+    dtype: torch.dtype = torch.float32
+    progress: bool = False
 
-def reverse_loop(model: Callable, process: GaussianDiffusion, x: Tensor, cond, update: Update, *,
-                 progress: bool = False, desc: str = "sampling") -> Iterator[Step]:
-    """For i = S-1..0: one network call on x at the original index of step i, then ``update``; yields a Step."""
-    indices = range(process.T - 1, -1, -1)
-    for i in tqdm(indices, desc=desc, total=process.T, leave=False) if progress else indices:
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        output = model(x, process.model_t(t), cond)
-        pred_x0, x_prev = update(i, t, x, output)
-        yield Step(int(process.timestep_map[i]), x, pred_x0, x_prev)
-        x = x_prev
+    def __post_init__(self):
+        if self.threshold is None:
+            object.__setattr__(self, "threshold", "clip")
+        check_mode(self.threshold, THRESHOLDS, "threshold")
+        check_mode(self.spacing, SPACINGS, "spacing")
+        check_mode(self.precision, PRECISIONS, "precision")
+
+    @classmethod
+    def of(cls, sampler: str, options: Mapping[str, Any]) -> SamplerOptions:
+        """The options of a call to ``sampler``; a keyword that is neither the sampler's nor one of these raises
+        TypeError, as Python's own would."""
+        known = {f.name for f in fields(cls)}
+        for name in options:
+            if name not in known:
+                hint = f"; use {_REMOVED[name]}" if name in _REMOVED else ""
+                raise TypeError(f"{sampler}() got an unexpected keyword argument {name!r}{hint}")
+        return cls(**options)
+
+    def start(self, model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int],
+              steps: int | None) -> tuple[GaussianDiffusion, Callable, Tensor]:
+        """(process, model, x_T): the diffusion respaced to ``steps`` (the full process for None or T); the model
+        with guidance, in its precision; x_T as given or N(0, I) on the device, in dtype."""
+        process = diffusion if steps is None or steps == diffusion.T else respace(diffusion, steps, self.spacing)
+        model = guided(in_precision(model, self.precision), self.guidance_scale, batched=self.batched_guidance)
+        device = self.device if self.device is not None else diffusion.betas.device
+        if self.x_T is not None:
+            return process, model, self.x_T.to(device, self.dtype)
+        return process, model, torch.randn(tuple(shape), device=device, dtype=self.dtype, generator=self.generator)
+
+    def countdown(self, process: GaussianDiffusion, x: Tensor, desc: str) -> Iterator[tuple[int, Tensor]]:
+        """(i, t) for i = S-1, ..., 0, the steps of the (respaced) process: t is i as an int64 tensor [B]."""
+        indices = range(process.T - 1, -1, -1)
+        for i in tqdm(indices, desc=desc, total=process.T, leave=False) if self.progress else indices:
+            yield i, torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+
+    def denoise(self, process: GaussianDiffusion, output: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(pred_x0, pred_eps) from the network output, pred_x0 thresholded (ddpm.samplers.thresholding.denoise)."""
+        return denoise(process, output, x_t, t, self.threshold, self.percentile)
+
+    def noise(self, x: Tensor) -> Tensor:
+        """z ~ N(0, I) like x, from the generator."""
+        return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=self.generator)
 
 
 def last(steps: Iterator[Step]) -> Tensor:

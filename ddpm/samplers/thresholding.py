@@ -8,8 +8,8 @@ r"""What a sampler does with a predicted x_0 that leaves the data range [-1, 1].
 Either way pred_eps is recomputed from the final pred_x0 (Eq. 4 solved for eps), so that
 x_t = sqrt(alpha_bar) pred_x0 + sqrt(1 - alpha_bar) pred_eps still holds. Dynamic thresholding leaves an image
 whose pixels lie in [-1, 1] unchanged and pulls saturated pixels inwards instead of flattening them at +-1,
-which matters most under strong guidance. The samplers' old ``clip_denoised: bool`` is the same switch:
-True = "clip", False = "none".
+which matters most under strong guidance. Every sampler takes ``threshold`` (ddpm.samplers.SamplerOptions);
+GaussianDiffusion's own ``clip_denoised`` (p_mean_variance, p_sample) is "clip" (True) or "none" (False).
 """
 
 from __future__ import annotations
@@ -26,17 +26,7 @@ Threshold = Literal["clip", "dynamic", "none"]
 THRESHOLDS: tuple[str, ...] = get_args(Threshold)
 DEFAULT_PERCENTILE = 0.995  # the paper gives no p; diffusers and DPM-Solver use 0.995
 
-__all__ = ["Threshold", "THRESHOLDS", "DEFAULT_PERCENTILE", "resolve_threshold", "dynamic_threshold", "denoise"]
-
-
-def resolve_threshold(clip_denoised: bool | None, threshold: str | None) -> Threshold:
-    """The threshold mode from the samplers' two spellings (default "clip"); contradicting ones raise."""
-    if threshold is None:
-        return "clip" if clip_denoised is None or clip_denoised else "none"
-    check_mode(threshold, THRESHOLDS, "threshold")
-    if clip_denoised is not None and threshold != ("clip" if clip_denoised else "none"):
-        raise ValueError(f"clip_denoised={clip_denoised} contradicts threshold={threshold!r}; pass only threshold")
-    return threshold
+__all__ = ["Threshold", "THRESHOLDS", "DEFAULT_PERCENTILE", "dynamic_threshold", "denoise"]
 
 
 def dynamic_threshold(x0: Tensor, percentile: float = DEFAULT_PERCENTILE) -> Tensor:

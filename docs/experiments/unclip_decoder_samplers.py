@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from ddpm.checkpoints import load_run
 from ddpm.conditions import balanced_labels
 from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset, to_float
-from ddpm.metrics.super_res import SampleJudge
-from ddpm.metrics.unclip import generate
-from ddpm.pipelines.unclip import Stage, Unclip
+from ddpm.pipelines.cascade.evaluate import SampleJudge
+from ddpm.pipelines.unclip.evaluate import generate
+from ddpm.pipelines.unclip.stage import Stage, Unclip
 
 
 def speckle(images: torch.Tensor) -> float:

@@ -11,9 +11,9 @@ import torch
 
 from ddpm.checkpoints import load_run
 from ddpm.datasets import load_dataset
-from ddpm.metrics.super_res import SampleJudge
-from ddpm.metrics.unclip import evaluate_variations
-from ddpm.pipelines.unclip import Stage, Unclip
+from ddpm.pipelines.cascade.evaluate import SampleJudge
+from ddpm.pipelines.unclip.evaluate import evaluate_variations
+from ddpm.pipelines.unclip.stage import Stage, Unclip
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

@@ -11,8 +11,8 @@ import torch
 
 from ddpm.checkpoints import load_run
 from ddpm.datasets import load_dataset
-from ddpm.metrics.unclip import evaluate_text_to_image
-from ddpm.pipelines.unclip import Stage, Unclip
+from ddpm.pipelines.unclip.evaluate import evaluate_text_to_image
+from ddpm.pipelines.unclip.stage import Stage, Unclip
 
 
 class TextEmbeddingOnly(Unclip):

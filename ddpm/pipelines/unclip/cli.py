@@ -1,4 +1,4 @@
-"""unCLIP's flags and actions, shared by sample and evaluate (ddpm.pipelines.unclip).
+"""unCLIP's flags and actions, shared by sample and evaluate (ddpm.pipelines.unclip.stage).
 
     python -m ddpm sample --unclip --prompt "a thick seven"     # prior + decoder: runs/mnist-prior and
                                                                 # runs/mnist-decoder, else the shipped ones
@@ -19,9 +19,9 @@ from PIL import Image, UnidentifiedImageError
 from ddpm._util import shorten, write_text_atomic
 from ddpm.checkpoints import CheckpointError, LoadedRun, load_run
 from ddpm.cli.common import PRETRAINED, UsageError, check_prompt, finite_float, positive_int
-from ddpm.cli.refine import resolve_stage
+from ddpm.pipelines.cascade.cli import resolve_stage
 from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset, to_float
-from ddpm.pipelines.unclip import (
+from ddpm.pipelines.unclip.stage import (
     DECODER_ETA,
     DECODER_GUIDANCE,
     DECODER_SAMPLER,

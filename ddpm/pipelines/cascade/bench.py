@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from ddpm.bench.latent import _train_step
+from ddpm.pipelines.latent.bench import _train_step
 from ddpm.bench.measure import forward_flops, interleaved, loadavg, summary
 from ddpm.bench.runs import _batches, _condition, _machine, _synthetic_dataset
 from ddpm.checkpoints import build_diffusion, build_model
 from ddpm.config import Config
-from ddpm.pipelines.cascade import WithLowRes
+from ddpm.pipelines.cascade.stage import WithLowRes
 from ddpm.presets import get_preset
 from ddpm.samplers import bf16_is_fast, sample
 from ddpm.training import Trainer

@@ -18,7 +18,7 @@ import torch
 
 from ddpm.datasets import ImageDataset, to_uint8
 from ddpm.metrics.classifier import classifier_features, load_or_train_classifier
-from ddpm.nn.autoencoder import Autoencoder, encode_moments, sample_posterior
+from ddpm.pipelines.latent.autoencoder import Autoencoder, encode_moments, sample_posterior
 
 __all__ = ["evaluate_autoencoder", "reconstruct", "psnr", "mean_psnr", "autoencoder_rows"]
 

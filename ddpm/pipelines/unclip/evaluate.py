@@ -1,4 +1,4 @@
-"""How good each part of unCLIP is (ddpm.pipelines.unclip), and the whole.
+"""How good each part of unCLIP is (ddpm.pipelines.unclip.stage), and the whole.
 
     evaluate_clip(clip, test)          zero-shot classification of the test set with the ten class prompts (the
                                        canonical one, and the mean of every template's embedding: CLIP's prompt
@@ -40,9 +40,9 @@ from ddpm.datasets import (
 )
 from ddpm.metrics.attributes import adherence_plan, adherence_rows, score_adherence
 from ddpm.metrics.classifier import classifier_features
-from ddpm.metrics.super_res import SampleJudge
-from ddpm.nn.clip import Clip
-from ddpm.pipelines.unclip import Stage, Unclip, for_variations, zero_shot_logits
+from ddpm.pipelines.cascade.evaluate import SampleJudge
+from ddpm.pipelines.unclip.clip import Clip
+from ddpm.pipelines.unclip.stage import Stage, Unclip, for_variations, zero_shot_logits
 from ddpm.samplers import sample
 
 __all__ = ["evaluate_unclip_run", "evaluate_clip", "evaluate_prior", "evaluate_text_to_image", "evaluate_variations",

@@ -14,7 +14,7 @@ from pathlib import Path
 from ddpm.checkpoints import CHECKPOINT_NAME, CheckpointError, LoadedRun, load_run
 from ddpm.cli.common import PRETRAINED, UsageError, finite_float, positive_int
 from ddpm.pipelines import DEFAULT_AUG_LEVEL, Refiner, check_cascade, shared_options
-from ddpm.pipelines.cascade import REFINE_ETA, REFINE_SAMPLER, REFINE_STEPS
+from ddpm.pipelines.cascade.stage import REFINE_ETA, REFINE_SAMPLER, REFINE_STEPS
 from ddpm.samplers import SAMPLERS
 
 __all__ = ["add_refine_flags", "resolve_stage", "load_refiner", "DEFAULT_BASE_RUN", "DEFAULT_SR_RUN"]

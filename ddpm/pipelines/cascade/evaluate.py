@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from ddpm._util import select_condition
 from ddpm.conditions import condition_for_labels
 from ddpm.datasets import ImageDataset, area_downsample, load_dataset, to_float, to_uint8
-from ddpm.metrics.autoencoder import mean_psnr
+from ddpm.pipelines.latent.evaluate import mean_psnr
 from ddpm.metrics.classifier import classifier_features, conditional_accuracy, load_or_train_classifier
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors
-from ddpm.pipelines.cascade import Refiner, upsample
+from ddpm.pipelines.cascade.stage import Refiner, upsample
 
 __all__ = ["evaluate_super_res", "refine_in_batches", "super_res_rows", "SampleJudge", "speckle"]
 
