@@ -55,8 +55,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors only
     from ddpm.checkpoints import load_run
     from ddpm.diffusion import GaussianDiffusion
-    from ddpm.pipelines.latent.autoencoder import Autoencoder, AutoencoderConfig
     from ddpm.nn.unet import UNet, UNetConfig
+    from ddpm.pipelines.latent.autoencoder import Autoencoder, AutoencoderConfig
     from ddpm.presets import get_preset
     from ddpm.samplers import (
         Step,

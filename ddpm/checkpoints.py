@@ -38,9 +38,10 @@ from ddpm.schedules import make_betas
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "build_model", "build_diffusion", "LoadedRun",
            "load_run", "export_model", "CHECKPOINT_NAME", "CONFIG_NAME", "checkpoint_path", "config_json",
-           "weights_fingerprint", "frozen_path", "load_frozen_network", "migrate_config"]
+           "weights_fingerprint", "frozen_path", "load_frozen_network", "migrate_config", "find_run", "PRETRAINED"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PRETRAINED = Path(__file__).resolve().parents[1] / "data" / "pretrained"  # the shipped models
 CONFIG_NAME = "config.json"
 FORMAT = 1
 
@@ -81,6 +82,19 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
     """The checkpoint of a run folder (or the path itself if it names a file)."""
     run = Path(run)
     return run if run.is_file() or run.suffix == ".pt" else run / CHECKPOINT_NAME
+
+
+def find_run(run: str | os.PathLike | None, default: str, preset: str) -> Path:
+    """The run given, else the default run folder (runs/<preset>) if it has a checkpoint, else the shipped model
+    data/pretrained/<preset>.pt; one line saying how to train it when there is neither."""
+    if run:
+        return Path(run)
+    if (Path(default) / CHECKPOINT_NAME).exists():
+        return Path(default)
+    if (PRETRAINED / f"{preset}.pt").exists():
+        return PRETRAINED / f"{preset}.pt"
+    raise CheckpointError(f"no {default}/{CHECKPOINT_NAME} and no shipped {preset}.pt; train first: "
+                          f"python -m ddpm train --preset {preset}")
 
 
 def _missing_hint(path: Path) -> str:

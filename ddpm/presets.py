@@ -16,7 +16,7 @@ from ddpm.nn.mlp import MLPConfig
 from ddpm.nn.unet import UNET_PRESETS
 from ddpm.pipelines.base import FOLDERS
 
-__all__ = ["PRESETS", "get_preset"]
+__all__ = ["PRESETS", "get_preset", "BENCH", "NOT_BENCHED"]
 
 
 def _mnist_like(preset: str, dataset: str, cond: str, **train) -> Config:
@@ -53,8 +53,15 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup=5, ema_decay=0.9, log_every=5,
                           sample_every=0, ckpt_every=10, sample_steps=5, guidance=2.0)),
 }
-for _folder in FOLDERS:  # each system's own presets (latent diffusion, the cascade, unCLIP)
-    PRESETS.update(importlib.import_module(f"{_folder}.presets").PRESETS)
+# each system's own presets (latent diffusion, the cascade, unCLIP); BENCH: the module of the side-by-side benchmark
+# of a preset (python -m ddpm bench); NOT_BENCHED: why a preset is not benchmarked
+BENCH: dict[str, str] = {}
+NOT_BENCHED: dict[str, str] = {}
+for _folder in FOLDERS:
+    _module = importlib.import_module(f"{_folder}.presets")
+    PRESETS.update(_module.PRESETS)
+    BENCH.update(_module.BENCH)
+    NOT_BENCHED.update(_module.NOT_BENCHED)
 
 
 def get_preset(name: str, **overrides: Any) -> Config:

@@ -16,8 +16,8 @@ Presets (``UNET_PRESETS``; FLOPs = 2 x multiply-adds of one forward pass for one
   0.38 GFLOPs per image. Why this shape: docs/results.md ("The mnist U-Net").
 - ``"mnist-class"``, ``"mnist-text"``: the same with a class-label or caption conditioner (text:
   cross-attention at 7x7 as well).
-- ``"mnist-latent"``: for the 4x7x7 latents of the mnist autoencoder (ddpm.pipelines.latent.autoencoder): one level at 7x7,
-  ch 64, two res blocks, attention at 7x7 and in the middle.
+- ``"mnist-latent"``: for the 4x7x7 latents of the mnist autoencoder (ddpm.pipelines.latent.autoencoder): one
+  level at 7x7, ch 64, two res blocks, attention at 7x7 and in the middle.
 - ``"mnist-14"``: the base of a cascade, 1x14x14 (14 -> 7): ch 32, ch_mult (1, 2), two res blocks per level,
   attention at 7x7 and in the middle.
 - ``"mnist-sr28"``: the super-resolution stage of a cascade, 14 -> 28: the ``"mnist"`` U-Net whose input is x_t

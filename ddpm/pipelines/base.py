@@ -14,7 +14,7 @@ checkpoints, training, metrics, bench, cli) never asks which kind a run is; it a
     sampling, decode         how it is sampled by default, and how samples become images (or embeddings)
     grid                     the picture a training run draws of its progress
     usage, evaluation,
-    bench, next_steps        where the command line sends it, how it is judged and timed, what to do after training
+    next_steps               where the command line sends it, how it is judged, what to do after training
 
 The base class below is the plain DDPM: every method is what the paper does, and a pipeline's Kind overrides
 only what differs. KINDS names each folder once: deleting a folder and its line leaves a working DDPM.
@@ -147,6 +147,10 @@ class Kind:
         """How this kind is sampled when the caller says nothing else (the CLI's own defaults apply on top)."""
         return Sampling("ddim", None, None, self.sampler_defaults(config))
 
+    def encode(self, frozen: nn.Module | None, images: Tensor) -> Tensor:
+        """Images in [-1, 1] as what the diffusion models (a latent run's latents: posterior means, scaled)."""
+        return images
+
     def decode(self, frozen: nn.Module | None, x: Tensor) -> Tensor:
         """What a sample becomes: images in [-1, 1] (a latent run's latents decoded), else x itself."""
         return x
@@ -175,8 +179,8 @@ class Kind:
             return f"{run.path} is a 2D toy model: see python -m ddpm visualize toy --run {run.path}"
         return None
 
-    evaluation: str | None = None  # "module:function" of the kind's own evaluation (metrics layer), if any
-    bench: str | None = None  # "module:function" of the kind's own benchmark (bench layer), if any
+    # the module of the kind's own judgement, if any (metrics layer: its evaluate_stage and stage_rows)
+    evaluation: str | None = None
 
     def next_steps(self, config: Config, run_dir: Path) -> str | None:
         """What train prints after the run: the command that uses it."""
@@ -207,9 +211,3 @@ def kind(name: str) -> Kind:
 
 def kind_names() -> tuple[str, ...]:
     return tuple(_registry())
-
-
-def resolve(path: str) -> Any:
-    """A "module:function" string of a Kind (its evaluation, its benchmark) as the function itself."""
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)

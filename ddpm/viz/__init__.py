@@ -31,8 +31,8 @@ from ddpm.viz.forward import (
     plot_small_T_pitfall,
 )
 from ddpm.viz.grids import class_grid, make_grid, plot_image_table, plot_images, save_grid, save_panels
-from ddpm.viz.matrix import plot_matrix
 from ddpm.viz.losses import loss_profile, plot_loss_by_t, plot_loss_curve, plot_loss_profile, plot_vlb_terms
+from ddpm.viz.matrix import plot_matrix
 from ddpm.viz.network import plot_timestep_embedding, plot_unet_shapes, trace_shapes
 from ddpm.viz.quality import plot_quality_vs_calls
 from ddpm.viz.reverse import Frame, decode_steps, plot_reverse_trajectory, reverse_trajectory, save_reverse_animation

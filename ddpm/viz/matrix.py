@@ -4,10 +4,10 @@ images and captions, a zero-shot confusion matrix, what a prior's samples are as
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 

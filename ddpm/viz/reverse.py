@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from ddpm._util import check_mode
 from ddpm.diffusion import GaussianDiffusion

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ddpm.checkpoints import load_run
 from ddpm.conditions import balanced_labels
 from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset, to_float
-from ddpm.pipelines.cascade.evaluate import SampleJudge
+from ddpm.metrics.judge import SampleJudge
 from ddpm.pipelines.unclip.evaluate import generate
 from ddpm.pipelines.unclip.stage import Stage, Unclip
 

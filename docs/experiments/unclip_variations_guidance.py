@@ -11,7 +11,7 @@ import torch
 
 from ddpm.checkpoints import load_run
 from ddpm.datasets import load_dataset
-from ddpm.pipelines.cascade.evaluate import SampleJudge
+from ddpm.metrics.judge import SampleJudge
 from ddpm.pipelines.unclip.evaluate import evaluate_variations
 from ddpm.pipelines.unclip.stage import Stage, Unclip
 

@@ -8,7 +8,7 @@ from ddpm.config import MNIST_TRAIN, Config, DataConfig, TrainConfig, with_condi
 from ddpm.nn.unet import UNET_PRESETS
 from ddpm.pipelines.cascade.stage import SuperResConfig
 
-__all__ = ["PRESETS"]
+__all__ = ["PRESETS", "BENCH", "NOT_BENCHED"]
 
 PRESETS = {
     "mnist-base14": Config(
@@ -21,3 +21,7 @@ PRESETS = {
         train=TrainConfig(**{**MNIST_TRAIN, "steps": 1200, "cond_lr_scale": 0.1}), kind="super-res",
         stage=SuperResConfig()),
 }
+
+# bench --preset NAME measures either stage of the cascade beside the single-stage text model (bench.py)
+BENCH = {"mnist-base14": "ddpm.pipelines.cascade.bench", "mnist-sr28": "ddpm.pipelines.cascade.bench"}
+NOT_BENCHED: dict[str, str] = {}

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ddpm.checkpoints import LoadedRun
 from ddpm.conditions import condition_for_labels
-from ddpm.datasets import area_downsample, to_float, to_uint8
+from ddpm.datasets import area_downsample, bicubic_to, to_float, upsample
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.pipelines.base import GridInputs, Kind, Sampling
 from ddpm.viz import save_grid
@@ -65,19 +65,6 @@ class SuperResConfig:
             raise ValueError(f"low_res must be a positive side length, got {self.low_res}")
         if not 0.0 <= self.aug_max <= 1.0:
             raise ValueError(f"aug_max is a fraction of the forward process, in [0, 1], got {self.aug_max}")
-
-
-def upsample(x: Tensor, size: int) -> Tensor:
-    """Images [B, C, h, w] in [-1, 1] enlarged to size x size by bicubic interpolation (clamped to [-1, 1])."""
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
-
-
-def bicubic_to(images: Tensor, size: int) -> Tensor:
-    """uint8 images enlarged to size x size by bicubic interpolation, as uint8: the baseline a super-resolution
-    model must beat, and how a base model's small samples reach a classifier made for full-size digits."""
-    if images.shape[-1] == size:
-        return images
-    return to_uint8(upsample(to_float(images), size))
 
 
 def low_res_input(x: Tensor, low_res: int) -> Tensor:
@@ -184,8 +171,7 @@ class SuperResKind(Kind):
 
     name = "super-res"
     section = SuperResConfig
-    evaluation = "ddpm.pipelines.cascade.evaluate:evaluate_super_res_run"
-    bench = "ddpm.pipelines.cascade.bench:bench_cascade"
+    evaluation = "ddpm.pipelines.cascade.evaluate"
 
     def check(self, config) -> None:
         if not isinstance(config.stage, SuperResConfig) or getattr(config.model, "low_res_channels", 0) < 1:
@@ -221,5 +207,5 @@ class SuperResKind(Kind):
                 f"python -m ddpm cascade --sr {run.path} (after the base runs/mnist-base14, or with --from-test)")
 
     def next_steps(self, config, run_dir):
-        return (f"judge it on real digits: python -m ddpm evaluate --run {run_dir}; refine the base's samples: "
-                f"python -m ddpm cascade --sr {run_dir} --prompt \"a thick seven\"")
+        return (f"python -m ddpm evaluate --run {run_dir}; python -m ddpm cascade --sr {run_dir} --prompt "
+                f"\"a thick seven\"")

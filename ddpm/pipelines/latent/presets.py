@@ -8,7 +8,7 @@ from ddpm.nn.unet import UNET_PRESETS
 from ddpm.pipelines.latent.autoencoder import AutoencoderConfig
 from ddpm.pipelines.latent.stage import LatentConfig
 
-__all__ = ["PRESETS"]
+__all__ = ["PRESETS", "BENCH", "NOT_BENCHED"]
 
 
 def _latent(preset: str, cond: str, **train) -> Config:
@@ -24,3 +24,8 @@ PRESETS = {
     "mnist-latent": _latent("mnist-latent", "text", steps=4000, cond_lr_scale=0.1),
     "mnist-latent-class": _latent("mnist-latent-class", "class", steps=1500),
 }
+
+# bench --preset NAME measures these side by side with the pixel text model (bench.py: compare, format_comparison)
+BENCH = {"mnist-latent": "ddpm.pipelines.latent.bench", "mnist-latent-class": "ddpm.pipelines.latent.bench"}
+NOT_BENCHED = {"mnist-autoencoder": "an autoencoder, not a diffusion model; python -m ddpm bench --preset mnist-latent "
+                                    "measures it beside the latent and the pixel models"}

@@ -104,8 +104,7 @@ class AutoencoderKind(Kind):
 
     name = "autoencoder"
     networks = {"autoencoder": (AutoencoderConfig, Autoencoder)}
-    evaluation = "ddpm.pipelines.latent.evaluate:evaluate_autoencoder_run"
-    bench = "ddpm.pipelines.latent.bench:bench_autoencoder"
+    evaluation = "ddpm.pipelines.latent.evaluate"
 
     def loss(self, net, diffusion, config, x0, cond, t, noise):
         return net(x0), None  # per image: reconstruction + kl_weight * KL, no timesteps
@@ -123,8 +122,8 @@ class AutoencoderKind(Kind):
                 f"python -m ddpm evaluate --run {run.path}, or sample from a latent run")
 
     def next_steps(self, config, run_dir):
-        return (f"judge it: python -m ddpm evaluate --run {run_dir}; then train a DDPM on its latents: python -m ddpm "
-                f"train --preset mnist-latent --autoencoder {run_dir}")
+        return (f"python -m ddpm evaluate --run {run_dir}; python -m ddpm train --preset mnist-latent (its config "
+                f"names runs/mnist-autoencoder; another autoencoder: --autoencoder {run_dir})")
 
 
 class LatentKind(Kind):
@@ -157,6 +156,9 @@ class LatentKind(Kind):
 
     def training_inputs(self, net, diffusion, frozen, config, x0, cond, t):
         return net, scaled_latents(frozen, x0, cached=config.stage.cache), cond, t
+
+    def encode(self, frozen, images):
+        return frozen.to_latents(images, sample=False)
 
     def decode(self, frozen, x):
         return frozen.from_latents(x.to(frozen.latent_scale.device).float()).clamp(-1.0, 1.0)

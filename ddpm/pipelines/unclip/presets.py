@@ -12,7 +12,7 @@ from ddpm.pipelines.unclip.clip import ClipConfig
 from ddpm.pipelines.unclip.prior import PriorConfig
 from ddpm.pipelines.unclip.stage import UnclipConfig
 
-__all__ = ["PRESETS"]
+__all__ = ["PRESETS", "BENCH", "NOT_BENCHED"]
 
 PRESETS = {
     "mnist-clip": Config(
@@ -29,3 +29,9 @@ PRESETS = {
         preset="mnist-decoder", data=DataConfig(dataset="mnist"), model=UNET_PRESETS["mnist-decoder"],
         train=TrainConfig(**{**MNIST_TRAIN, "steps": 1130, "guidance": 1.0}), kind="decoder", stage=UnclipConfig()),
 }
+
+BENCH: dict[str, str] = {}
+NOT_BENCHED = {"mnist-clip": "unCLIP's CLIP, trained on its own loss; unCLIP's cost is counted in U-Net calls "
+                             "(docs/unclip.md)",
+               "mnist-prior": "unCLIP's prior, a small MLP over embeddings; unCLIP's cost is counted in U-Net calls "
+                              "(docs/unclip.md)"}

@@ -185,7 +185,7 @@ class _OnClip(Kind):
 
     section = UnclipConfig
     frozen_field = "clip"
-    evaluation = "ddpm.pipelines.unclip.evaluate:evaluate_unclip_run"
+    evaluation = "ddpm.pipelines.unclip.evaluate"
 
     def check(self, config) -> None:
         if not isinstance(config.stage, UnclipConfig) or config.cond != "embedding":
@@ -215,8 +215,8 @@ class _OnClip(Kind):
                 f"\"a thick seven\"" + (", or --variations 0" if self.name == "decoder" else ""))
 
     def next_steps(self, config, run_dir):
-        return (f"judge it: python -m ddpm evaluate --run {run_dir}; draw with it: python -m ddpm unclip "
-                f"--{self.name} {run_dir}")
+        return (f"python -m ddpm evaluate --run {run_dir}; python -m ddpm unclip --{self.name} {run_dir} --prompt "
+                f"\"a thick seven\"")
 
 
 class ClipKind(Kind):
@@ -224,7 +224,7 @@ class ClipKind(Kind):
 
     name = "clip"
     networks = {"clip": (ClipConfig, Clip)}
-    evaluation = "ddpm.pipelines.unclip.evaluate:evaluate_unclip_run"
+    evaluation = "ddpm.pipelines.unclip.evaluate"
 
     def captions_vocab(self, config, frozen):
         return config.model.vocab
@@ -246,8 +246,8 @@ class ClipKind(Kind):
                f"{run.path}"
 
     def next_steps(self, config, run_dir):
-        return (f"judge it: python -m ddpm evaluate --run {run_dir}; then train the prior and decoder on it: python -m "
-                f"ddpm train --preset mnist-prior --clip {run_dir} (and --preset mnist-decoder)")
+        return (f"python -m ddpm evaluate --run {run_dir}; python -m ddpm train --preset mnist-prior and --preset "
+                f"mnist-decoder (their configs name runs/mnist-clip; another CLIP: --clip {run_dir})")
 
 
 class PriorKind(_OnClip):
