@@ -21,8 +21,8 @@ _EXPORTS = {
     "GaussianDiffusion": "ddpm.diffusion",
     "UNet": "ddpm.nn.unet",
     "UNetConfig": "ddpm.nn.unet",
-    "Autoencoder": "ddpm.nn.autoencoder",
-    "AutoencoderConfig": "ddpm.nn.autoencoder",
+    "Autoencoder": "ddpm.pipelines.latent.autoencoder",
+    "AutoencoderConfig": "ddpm.pipelines.latent.autoencoder",
     "ancestral_sample": "ddpm.samplers",
     "ancestral_sample_progressive": "ddpm.samplers",
     "ddim_sample": "ddpm.samplers",
@@ -55,8 +55,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors only
     from ddpm.checkpoints import load_run
     from ddpm.diffusion import GaussianDiffusion
-    from ddpm.nn.autoencoder import Autoencoder, AutoencoderConfig
     from ddpm.nn.unet import UNet, UNetConfig
+    from ddpm.pipelines.latent.autoencoder import Autoencoder, AutoencoderConfig
     from ddpm.presets import get_preset
     from ddpm.samplers import (
         Step,

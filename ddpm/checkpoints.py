@@ -3,8 +3,12 @@
 A checkpoint is one dict of tensors and plain Python values (so it loads with
 ``torch.load(weights_only=True)``):
 
-    {"format": 1, "step", "config" (plain dict), "model", "ema", "optimizer", "scheduler",
-     "rng": [per-rank RNG states], "loader": [per-rank loader states], "caption_rng": [...]}
+    {"format": 1, "step", "config" (plain dict), "label_names", "model", "ema", "ema_updates", "optimizer",
+     "scheduler", "rng": [per-rank RNG states], "loader": [per-rank loader states], "caption_rng": [...], "runlog"}
+
+An exported model holds only "format", "step", "config", "ema" and "label_names". Files written by older
+versions load through one migration (``migrate_config``: the config's layout before kinds, the trainer's old
+``amp`` flag), here at the loading boundary and nowhere else.
 
 It is written to a temporary file in the same folder, flushed to disk and renamed over the old one, so
 a crash or Ctrl-C during the write leaves the previous checkpoint intact. ``export_model`` writes just
@@ -13,7 +17,6 @@ the EMA weights and the config (a few MB), which is what ``sample`` and ``evalua
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -27,20 +30,18 @@ import torch
 from torch import nn
 
 from ddpm._util import atomic_write
-from ddpm.config import Config, LatentConfig, UnclipConfig
+from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.nn.autoencoder import Autoencoder
-from ddpm.nn.clip import Clip
-from ddpm.nn.mlp import MLP
-from ddpm.nn.prior import DiffusionPrior
-from ddpm.nn.unet import UNet
+from ddpm.pipelines.base import Sampling
+from ddpm.samplers import default_steps, sample
 from ddpm.schedules import make_betas
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "build_model", "build_diffusion", "LoadedRun",
            "load_run", "export_model", "CHECKPOINT_NAME", "CONFIG_NAME", "checkpoint_path", "config_json",
-           "weights_fingerprint", "load_first_stage", "first_stage_path", "load_clip"]
+           "weights_fingerprint", "frozen_path", "load_frozen_network", "migrate_config", "find_run", "PRETRAINED"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PRETRAINED = Path(__file__).resolve().parents[1] / "data" / "pretrained"  # the shipped models
 CONFIG_NAME = "config.json"
 FORMAT = 1
 
@@ -50,10 +51,9 @@ class CheckpointError(ValueError):
 
 
 def build_model(config: Config) -> nn.Module:
-    """The network a Config describes (U-Net for images and latents, MLP for 2D toys, an autoencoder, a CLIP or
-    a diffusion prior), freshly initialized."""
-    kinds = {"mlp": MLP, "unet": UNet, "autoencoder": Autoencoder, "clip": Clip, "prior": DiffusionPrior}
-    return kinds[config.model_kind](config.model)
+    """The network a Config describes (a U-Net for images and latents, an MLP for 2D toys, or a pipeline's own
+    network: an autoencoder, a CLIP, a diffusion prior), freshly initialized."""
+    return config.hook.networks[config.network][1](config.model)
 
 
 def build_diffusion(config: Config, device: str | torch.device = "cpu") -> GaussianDiffusion:
@@ -82,6 +82,19 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
     """The checkpoint of a run folder (or the path itself if it names a file)."""
     run = Path(run)
     return run if run.is_file() or run.suffix == ".pt" else run / CHECKPOINT_NAME
+
+
+def find_run(run: str | os.PathLike | None, default: str, preset: str) -> Path:
+    """The run given, else the default run folder (runs/<preset>) if it has a checkpoint, else the shipped model
+    data/pretrained/<preset>.pt; one line saying how to train it when there is neither."""
+    if run:
+        return Path(run)
+    if (Path(default) / CHECKPOINT_NAME).exists():
+        return Path(default)
+    if (PRETRAINED / f"{preset}.pt").exists():
+        return PRETRAINED / f"{preset}.pt"
+    raise CheckpointError(f"no {default}/{CHECKPOINT_NAME} and no shipped {preset}.pt; train first: "
+                          f"python -m ddpm train --preset {preset}")
 
 
 def _missing_hint(path: Path) -> str:
@@ -145,7 +158,8 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
 
 @dataclass
 class LoadedRun:
-    """A trained model ready to sample: the network (eval mode), its diffusion process and config."""
+    """A trained model ready to sample: the network (eval mode), its diffusion process and config, and the frozen
+    network its kind builds on (a latent run's autoencoder, an unCLIP stage's CLIP; eval mode), if any."""
 
     model: nn.Module
     diffusion: GaussianDiffusion
@@ -153,8 +167,7 @@ class LoadedRun:
     step: int
     path: Path
     label_names: tuple[str, ...] = field(default=())
-    first_stage: Autoencoder | None = None  # a latent run's autoencoder (eval mode, frozen)
-    clip: Clip | None = None  # an unCLIP prior's or decoder's CLIP (eval mode, frozen)
+    frozen: nn.Module | None = None
 
     @property
     def cond(self) -> str:
@@ -167,11 +180,8 @@ class LoadedRun:
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        """One decoded image (C, H, W): the sample shape, or for a latent run the autoencoder's images."""
-        if self.first_stage is None:
-            return self.shape
-        c = self.first_stage.config
-        return (c.in_channels, c.image_size, c.image_size)
+        """One decoded sample (C, H, W): the sample shape, or for a latent run the autoencoder's images."""
+        return self.config.hook.image_shape(self.config, self.frozen)
 
     def sampler_options(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Keyword arguments for ddpm.samplers.sample: the config's sampler_defaults (no clipping of latents),
@@ -180,39 +190,54 @@ class LoadedRun:
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples as images in [-1, 1]: a latent run's latents decoded by its autoencoder; else x itself."""
-        if self.first_stage is None:
-            return x
-        return self.first_stage.from_latents(x.to(self.first_stage.latent_scale.device).float()).clamp(-1.0, 1.0)
+        """Samples as what they stand for: images in [-1, 1] (a latent run's latents decoded by its autoencoder),
+        a prior's unit CLIP embeddings; else x itself."""
+        return self.config.hook.decode(self.frozen, x)
+
+    @torch.no_grad()
+    def sample(self, cond, n: int | None = None, sampling: Sampling | None = None,
+               generator: torch.Generator | None = None, *, model=None, progress: bool = False) -> torch.Tensor:
+        """The one way to sample a loaded run: n samples (or one per condition), decoded.
+
+        sampling: the sampler, steps, guidance and options (default: the kind's, Kind.sampling); guidance None
+        is the run's train.guidance, and an unconditional run (cond None) is never guided. model: the callable
+        to sample instead of the network (a super-resolution model with its low-res input fixed)."""
+        s = sampling or self.config.hook.sampling(self.config)
+        n = n if n is not None else len(cond)
+        device = self.diffusion.betas.device
+        guidance = s.guidance if s.guidance is not None else self.config.train.guidance
+        x = sample(model or self.model, self.diffusion, (n, *self.shape), cond, sampler=s.sampler,
+                   steps=s.steps or default_steps(s.sampler, self.diffusion.T),
+                   guidance_scale=guidance if cond is not None else None, generator=generator, device=device,
+                   progress=progress, **self.sampler_options(s.options))
+        return self.decode(x)
 
 
 def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = False,
-                 autoencoder: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> Path:
+                 frozen: str | os.PathLike | None = None) -> Path:
     """Write only the EMA weights and config of a run (for shipping a small pretrained model).
 
-    autoencoder: for a latent run, the autoencoder file the exported model should name from now on (e.g. the
-    exported autoencoder beside it); clip: the same for an unCLIP prior or decoder and its CLIP. Its weights must
+    frozen: for a run that builds on a frozen network (a latent run's autoencoder, an unCLIP stage's CLIP), the
+    file the exported model should name from now on (e.g. the exported autoencoder beside it). Its weights must
     be the ones the run was trained with (same fingerprint). A file in the same folder as ``out`` is named by its
     file name alone, so the pair can move together.
     """
-    ckpt = load_checkpoint(run)
-    config = ckpt["config"]
-    stages = (("latent", "autoencoder", autoencoder, LatentConfig, load_first_stage, "a latent diffusion run: it "
-               "has no autoencoder"), ("unclip", "clip", clip, UnclipConfig, load_clip, "an unCLIP prior or decoder: "
-               "it has no CLIP"))
-    for section, key, stage, cls, load, what in stages:
-        if stage is None:
-            continue
-        if not config.get(section):
-            raise CheckpointError(f"{checkpoint_path(run)} is not {what}")
-        path = checkpoint_path(stage)
-        load(dataclasses.replace(cls(**config[section]), **{key: str(path)}))  # refuses other weights
-        named = path.name if path.resolve().parent == Path(out).resolve().parent else str(path)
-        config = {**config, section: {**config[section], key: named}}
+    path = checkpoint_path(run)
+    ckpt = load_checkpoint(path)
+    config = _read_config(ckpt, path)
+    if frozen is not None:
+        hook = config.hook
+        if hook.frozen_field is None:
+            raise CheckpointError(f"{path} is a {config.kind!r} run: it builds on no frozen network (--autoencoder is "
+                                  f"for latent runs, --clip for unCLIP's prior and decoder)")
+        found = checkpoint_path(frozen)
+        hook.load_frozen(config.replace(**{hook.frozen_field: str(found)}), None, "cpu")  # refuses other weights
+        named = found.name if found.resolve().parent == Path(out).resolve().parent else str(found)
+        config = config.replace(**{hook.frozen_field: named})
     weights = ckpt["ema"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    return save_atomic({"format": FORMAT, "step": ckpt["step"], "config": config, "ema": weights,
+    return save_atomic({"format": FORMAT, "step": ckpt["step"], "config": config.to_dict(), "ema": weights,
                         "label_names": ckpt.get("label_names", [])}, out)
 
 
@@ -229,9 +254,9 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _stage_path(name: str, relative_to: str | os.PathLike | None, what: str, train: str) -> Path:
-    """A stage a config names: the path as given (relative to the current folder), else, for a relative path,
-    beside ``relative_to`` (the model's own file); one line naming it when it is missing."""
+def frozen_path(name: str, relative_to: str | os.PathLike | None, what: str, train: str) -> Path:
+    """The frozen network a config names: the path as given (relative to the current folder), else, for a relative
+    path, beside ``relative_to`` (the model's own file); one line naming it when it is missing."""
     path = Path(name)
     candidates = [path]
     if not path.is_absolute() and relative_to is not None:
@@ -245,54 +270,50 @@ def _stage_path(name: str, relative_to: str | os.PathLike | None, what: str, tra
                           f"{' and '.join(str(checkpoint_path(c)) for c in candidates)}); {fix}")
 
 
-def first_stage_path(latent: LatentConfig, relative_to: str | os.PathLike | None = None) -> Path:
-    """The autoencoder a latent config names (see _stage_path)."""
-    return _stage_path(latent.autoencoder, relative_to, "autoencoder",
-                       "python -m ddpm train --preset mnist-autoencoder, or name yours: --autoencoder PATH")
-
-
-def _load_stage(path: Path, kind: str, fingerprint: str | None, what: str, user: str) -> tuple[nn.Module, str]:
-    """(the frozen network of a stage file, eval mode on the CPU, the fingerprint of its weights); refuses another
-    kind of model and weights whose fingerprint differs from the recorded one."""
+def load_frozen_network(path: Path, network: str, fingerprint: str | None, user: str) -> tuple[nn.Module, str]:
+    """(the frozen network of a file, eval mode on the CPU, the fingerprint of its weights); refuses another
+    network and weights whose fingerprint differs from the recorded one. user: who needs it ("latent model")."""
     ckpt = load_checkpoint(path)
     config = _read_config(ckpt, path)
-    if config.model_kind != kind:
-        raise CheckpointError(f"{path} is a {config.model_kind} model, not {what}; {user} needs the {kind} it was "
-                              f"trained on")
+    if config.network != network:
+        raise CheckpointError(f"{path} is a {config.network} model, not a {network}; the {user} needs the {network} "
+                              f"it was trained on")
     found = weights_fingerprint(ckpt["ema"])
     if fingerprint is not None and found != fingerprint:
-        raise CheckpointError(f"the {kind} {path} is not the one this {user} was trained on (its weights' "
+        raise CheckpointError(f"the {network} {path} is not the one this {user} was trained on (its weights' "
                               f"fingerprint {found[:12]} differs from the recorded {fingerprint[:12]}); "
-                              f"use that {kind}, or train the {user} again on this one")
+                              f"use that {network}, or train the {user} again on this one")
     net = _load_weights(build_model(config), ckpt["ema"], path)
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval(), found
 
 
-def load_first_stage(latent: LatentConfig, relative_to: str | os.PathLike | None = None,
-                     device: str | torch.device = "cpu") -> tuple[Autoencoder, str]:
-    """(the autoencoder of a latent config, eval mode and frozen, the fingerprint of its weights). Refuses an
-    autoencoder whose weights differ from the fingerprint the latent run recorded."""
-    ae, fingerprint = _load_stage(first_stage_path(latent, relative_to), "autoencoder", latent.fingerprint,
-                                  "an autoencoder", "latent model")
-    if latent.scale is not None:  # the latent run's own factor instead of the measured one (an ablation)
-        ae.latent_scale.fill_(latent.scale)
-    return ae.to(device), fingerprint
-
-
-def load_clip(unclip: UnclipConfig, relative_to: str | os.PathLike | None = None,
-              device: str | torch.device = "cpu") -> tuple[Clip, str]:
-    """(the CLIP an unCLIP prior or decoder names, eval mode and frozen, the fingerprint of its weights)."""
-    path = _stage_path(unclip.clip, relative_to, "CLIP",
-                       "python -m ddpm train --preset mnist-clip, or name yours: --clip PATH")
-    clip, fingerprint = _load_stage(path, "clip", unclip.fingerprint, "a CLIP", "unCLIP stage")
-    return clip.to(device), fingerprint
+def migrate_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict as this version writes it, from any earlier version's: before kinds, a run's kind was implied
+    by its sections ("latent", "super_res", "unclip") and its network; before ``precision`` the trainer had
+    ``amp`` (True: bf16 autocast where possible -> "auto", False -> "fp32")."""
+    d = dict(d)
+    if isinstance(d.get("train"), dict) and "amp" in d["train"] and "precision" not in d["train"]:
+        train = dict(d["train"])
+        train["precision"] = "auto" if train.pop("amp") else "fp32"
+        d["train"] = train
+    if "kind" in d:
+        return d
+    network = d.get("model", {}).get("kind", "unet") if isinstance(d.get("model"), dict) else "unet"
+    old = {"latent": "latent", "super_res": "super-res", "unclip": "prior" if network == "prior" else "decoder"}
+    sections = [k for k in old if d.get(k) is not None]
+    d["kind"] = old[sections[0]] if sections else network if network in ("autoencoder", "clip") else "ddpm"
+    for k in old:
+        section = d.pop(k, None)
+        if section is not None:
+            d["stage"] = section
+    return d
 
 
 def _read_config(ckpt: dict[str, Any], path: Path) -> Config:
     try:
-        return Config.from_dict(ckpt["config"])
+        return Config.from_dict(migrate_config(ckpt["config"]))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path} holds a config this version of ddpm cannot read: "
                               f"{type(e).__name__}: {str(e)[:160]}") from None
@@ -324,8 +345,6 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", use_ema
     if key not in ckpt:
         raise CheckpointError(f"{path} has no {key!r} weights (exported files hold only the EMA weights)")
     model = _load_weights(build_model(config), ckpt[key], path).to(device).eval()
-    first_stage = load_first_stage(config.latent, path, device)[0] if config.latent is not None else None
-    clip = load_clip(config.unclip, path, device)[0] if config.unclip is not None else None
-    diffusion = build_diffusion(config, device)
-    return LoadedRun(model, diffusion, config, int(ckpt["step"]), path, tuple(ckpt.get("label_names", ())),
-                     first_stage, clip)
+    frozen = config.hook.load_frozen(config, path, device)
+    return LoadedRun(model, build_diffusion(config, device), config, int(ckpt["step"]), path,
+                     tuple(ckpt.get("label_names", ())), frozen)

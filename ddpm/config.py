@@ -1,5 +1,7 @@
 """Configuration: one frozen dataclass per component, and a Config that holds them (the named presets are in
-ddpm.presets, importable from here too).
+ddpm.presets). A pipeline's own section (a latent run's autoencoder, a cascade's super-resolution settings, an
+unCLIP stage's CLIP) is defined in its folder and kept in ``Config.stage``; ``Config.kind`` names the Kind
+(ddpm.pipelines.base) that knows what to do with it.
 
     from ddpm.presets import get_preset
     config = get_preset("mnist", steps=500)          # top-level TrainConfig fields as overrides
@@ -11,16 +13,14 @@ No globals are mutated and nothing is read from the environment: a run is fully 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ddpm._util import check_mode, dataclass_from_dict
 from ddpm.datasets import caption_max_words, caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS
-from ddpm.nn.autoencoder import AutoencoderConfig
-from ddpm.nn.clip import ClipConfig
 from ddpm.nn.mlp import MLPConfig
-from ddpm.nn.prior import PriorConfig
 from ddpm.nn.unet import UNetConfig
 from ddpm.schedules import SCHEDULES
 
@@ -29,8 +29,8 @@ Optimizer = Literal["adam", "adamw"]
 LRSchedule = Literal["constant", "cosine"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]
 
-__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "LatentConfig", "SuperResConfig", "UnclipConfig", "Config",
-           "resume_changes", "RESUMABLE_CHANGES", "with_conditioning", "MODEL_KINDS"]
+__all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "resume_changes", "RESUMABLE_CHANGES",
+           "with_conditioning", "NETWORKS", "kind_names", "MNIST_TRAIN"]
 
 
 @dataclass(frozen=True)
@@ -104,191 +104,134 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
-@dataclass(frozen=True)
-class LatentConfig:
-    """The first stage of a latent diffusion run: the trained autoencoder whose scaled latents the DDPM models.
+# A short CPU run: high learning rate with a short warmup and cosine decay, a fast-settling EMA, and a step count
+# that fits about 10 minutes on a 2-core laptop CPU (docs/cpu.md); the mnist preset's, and the systems' presets'
+MNIST_TRAIN = dict(steps=900, batch_size=128, lr=2e-3, optimizer="adamw", warmup=100, lr_schedule="cosine",
+                   ema_decay=0.995, log_every=25, sample_every=0, ckpt_every=100, sample_steps=50, guidance=2.0)
 
-    autoencoder: its run folder or exported .pt (a relative path is looked up from the current folder, then
-    beside the latent model's own file). fingerprint: the SHA-256 of its weights (ddpm.checkpoints.
-    weights_fingerprint), filled in when training starts; loading refuses an autoencoder whose weights differ.
-    cache: encode the training images once (posterior mean and log-variance, kept in memory) and draw
-    z ~ q(z | x) from them each step, instead of running the encoder on every batch.
-    scale: None uses the autoencoder's measured latent_scale (1 / std of its latents); a number replaces it
-    (the ablation that shows what a wrong signal-to-noise ratio does: docs/results.md, "Latent diffusion").
-    """
-
-    autoencoder: str = "runs/mnist-autoencoder"
-    fingerprint: str | None = None
-    cache: bool = True
-    scale: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.scale is not None and not self.scale > 0:
-            raise ValueError(f"the latent scale must be positive, got {self.scale}")
+NETWORKS: dict[str, type] = {"unet": UNetConfig, "mlp": MLPConfig}  # a pipeline's Kind adds its own
 
 
-@dataclass(frozen=True)
-class SuperResConfig:
-    """The super-resolution stage of a cascade (ddpm.pipelines.cascade; Ho et al. 2021, Saharia et al. 2022).
-
-    The U-Net (``low_res_channels`` = 1) denoises the full-size image given the image shrunk to ``low_res`` (area
-    averaging, as the base model's data) and upsampled back (bicubic). Noise conditioning augmentation: in
-    training, each low-res input first goes through the forward process for s = round(a T) steps, with the
-    level a ~ U[0, aug_max] per image, and the network is told s; aug_max 0 trains without augmentation (the
-    ablation). Sampling picks a fixed level (--aug-level).
-    """
-
-    low_res: int = 14
-    aug_max: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.low_res < 1:
-            raise ValueError(f"low_res must be a positive side length, got {self.low_res}")
-        if not 0.0 <= self.aug_max <= 1.0:
-            raise ValueError(f"aug_max is a fraction of the forward process, in [0, 1], got {self.aug_max}")
-
-
-@dataclass(frozen=True)
-class UnclipConfig:
-    """The CLIP that a stage of unCLIP is built on (ddpm.pipelines.unclip): a diffusion prior models its image
-    embeddings given its text embeddings; a decoder turns its image embeddings into images.
-
-    clip: its run folder or exported .pt (looked up as LatentConfig.autoencoder is); fingerprint: the SHA-256 of
-    its weights, filled in when training starts; loading refuses a CLIP whose weights differ, and a pipeline refuses
-    a prior and a decoder built on different CLIPs.
-    """
-
-    clip: str = "runs/mnist-clip"
-    fingerprint: str | None = None
-
-
-MODEL_KINDS = {"unet": UNetConfig, "mlp": MLPConfig, "autoencoder": AutoencoderConfig, "clip": ClipConfig,
-               "prior": PriorConfig}
+def kind(name: str):
+    """The Kind of a run (ddpm.pipelines.base): the registry sits above the core and is looked up at run time."""
+    return importlib.import_module("ddpm.pipelines.base").kind(name)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that defines a run: data, network, diffusion and training; for a latent DDPM, the first stage."""
+    """Everything that defines a run: data, network, diffusion and training; its kind ("ddpm": the paper's, or a
+    stage of a system in ddpm/pipelines/) and that kind's own section (``stage``: e.g. a latent run's autoencoder).
+
+    The network is a UNetConfig or MLPConfig, or the config of a pipeline's own network (its Kind.networks)."""
 
     preset: str
     data: DataConfig = field(default_factory=DataConfig)
-    model: UNetConfig | MLPConfig | AutoencoderConfig = field(default_factory=UNetConfig)
+    model: Any = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    latent: LatentConfig | None = None
-    super_res: SuperResConfig | None = None
-    unclip: UnclipConfig | None = None
+    kind: str = "ddpm"
+    stage: Any = None
 
     def __post_init__(self) -> None:
-        on_clip = isinstance(self.model, PriorConfig) or self.cond == "embedding"
-        if (self.unclip is not None) != on_clip:
-            raise ValueError(f"an unCLIP prior or decoder (cond='embedding') needs unclip (its CLIP), and only they "
-                             f"have one; got unclip={self.unclip} for a {self.model_kind} with cond={self.cond!r}")
-        low_res_channels = getattr(self.model, "low_res_channels", 0)
-        if (self.super_res is not None) != (low_res_channels > 0):
-            raise ValueError(f"a super-resolution run needs both super_res and a U-Net with low_res_channels > 0, "
-                             f"got super_res={self.super_res} and low_res_channels={low_res_channels}")
-        if self.super_res is not None and self.super_res.low_res >= self.model.image_size:
-            raise ValueError(f"super-resolution goes up: low_res {self.super_res.low_res} must be smaller than the "
-                             f"U-Net's image_size {self.model.image_size}")
+        if self.network not in self.hook.networks:
+            raise ValueError(f"a {self.kind!r} run is built of a {' or '.join(self.hook.networks)} network, got a "
+                             f"{type(self.model).__name__}")
+        self.hook.check(self)
 
     @property
-    def model_kind(self) -> str:
-        return next(k for k, cls in MODEL_KINDS.items() if isinstance(self.model, cls))
+    def hook(self):
+        """The Kind (ddpm.pipelines.base) that says what this run does differently from the plain DDPM."""
+        return kind(self.kind)
+
+    @property
+    def network(self) -> str:
+        """The network's name ("unet", "mlp", or a pipeline's: "autoencoder", "clip", "prior")."""
+        names = {**NETWORKS, **{k: cls for k, (cls, _) in self.hook.networks.items()}}
+        found = [k for k, cls in names.items() if type(self.model) is cls]
+        if not found:
+            raise ValueError(f"unknown network config {type(self.model).__name__}")
+        return found[0]
 
     @property
     def cond(self) -> str:
-        """The network's conditioning: "none", "class" or "text" ("none" for a network that takes no condition)."""
+        """The network's conditioning: "none", "class", "text" or "embedding" ("none" for a network that takes
+        no condition)."""
         return getattr(self.model, "cond", "none")
 
     @property
-    def is_diffusion(self) -> bool:
-        """False for the networks trained on a loss of their own (an autoencoder, a CLIP), not the diffusion loss."""
-        return self.model_kind not in ("autoencoder", "clip")
-
-    @property
-    def unclip_stage(self) -> str | None:
-        """"prior" or "decoder" for the two diffusion stages of unCLIP (both built on a CLIP), else None."""
-        if self.unclip is None:
-            return None
-        return "prior" if isinstance(self.model, PriorConfig) else "decoder"
-
-    @property
-    def captioned(self) -> bool:
-        """Whether training draws a caption for each image: text-conditioned networks, a CLIP, a diffusion prior."""
-        return self.cond == "text" or self.model_kind == "prior"
-
-    @property
     def sampler_defaults(self) -> dict[str, Any]:
-        """Sampler options that differ from the samplers' defaults: a latent run's predicted x_0 is a latent, and a
-        prior's a scaled CLIP embedding, not pixels in [-1, 1], so they are not clipped (threshold "none")."""
-        return {"threshold": "none"} if self.latent is not None or self.model_kind == "prior" else {}
+        """Sampler options that differ from the samplers' defaults (the Kind's: e.g. no clipping of latents)."""
+        return self.hook.sampler_defaults(self)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample: (C, H, W) for images (and for latents: what the U-Net is built for),
-        (dim,) for 2D toys."""
-        m = self.model
-        return (m.dim,) if isinstance(m, (MLPConfig, PriorConfig)) else (m.in_channels, m.image_size, m.image_size)
+        (dim,) for a vector (a 2D toy's point, a prior's embedding)."""
+        return self.model.sample_shape
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict (what config.json and checkpoints store)."""
         d = {
             "preset": self.preset,
+            "kind": self.kind,
             "data": dataclasses.asdict(self.data),
-            "model": {"kind": self.model_kind, **self.model.to_dict()},
+            "model": {"kind": self.network, **self.model.to_dict()},
             "diffusion": dataclasses.asdict(self.diffusion),
             "train": dataclasses.asdict(self.train),
         }
-        if self.latent is not None:
-            d["latent"] = dataclasses.asdict(self.latent)
-        if self.super_res is not None:
-            d["super_res"] = dataclasses.asdict(self.super_res)
-        if self.unclip is not None:
-            d["unclip"] = dataclasses.asdict(self.unclip)
+        if self.stage is not None:
+            d["stage"] = dataclasses.asdict(self.stage)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        """The Config of a to_dict dict (older files' dicts are migrated by ddpm.checkpoints when they load)."""
+        hook = kind(check_mode(d.get("kind", "ddpm"), kind_names(), "kind"))
         model = dict(d["model"])
-        kind = check_mode(model.pop("kind", "unet"), tuple(MODEL_KINDS), "model kind")
+        network = check_mode(model.pop("kind", "unet"), tuple(hook.networks), f"{hook.name} network")
+        section = hook.section
         return cls(
             preset=d["preset"],
             data=dataclass_from_dict(DataConfig, d["data"]),
-            model=MODEL_KINDS[kind].from_dict(model),
+            model=hook.networks[network][0].from_dict(model),
             diffusion=dataclass_from_dict(DiffusionConfig, d["diffusion"]),
-            train=dataclass_from_dict(TrainConfig, _migrate_train(d["train"])),
-            latent=dataclass_from_dict(LatentConfig, d["latent"]) if d.get("latent") is not None else None,
-            super_res=(dataclass_from_dict(SuperResConfig, d["super_res"]) if d.get("super_res") is not None
-                       else None),
-            unclip=dataclass_from_dict(UnclipConfig, d["unclip"]) if d.get("unclip") is not None else None,
+            train=dataclass_from_dict(TrainConfig, d["train"]),
+            kind=hook.name,
+            stage=dataclass_from_dict(section, d["stage"]) if section is not None and d.get("stage") is not None
+            else None,
         )
 
     def replace(self, **overrides: Any) -> Config:
-        """A copy with fields replaced; keys may name a section (data=..., model=...) or any field of
-        TrainConfig, DataConfig, DiffusionConfig or the model config (e.g. steps=500, cond="text")."""
+        """A copy with fields replaced; keys may name a section (data=..., model=..., stage=...) or a field of
+        exactly one of TrainConfig, DataConfig, DiffusionConfig, the model config or the stage section (e.g.
+        steps=500, cond="text"); a field that two sections have (image_size) must be given through its section."""
         sections = {"data": self.data, "model": self.model, "diffusion": self.diffusion, "train": self.train}
-        for name in ("latent", "super_res", "unclip"):
-            if getattr(self, name) is not None:
-                sections[name] = getattr(self, name)
+        if self.stage is not None:
+            sections["stage"] = self.stage
         top = {}
         overrides = dict(overrides)
         if "cond" in overrides and isinstance(self.model, UNetConfig):
             data = overrides.get("data", self.data)
             sections["model"] = with_conditioning(self.model, overrides.pop("cond"), data.dataset)
         for key, value in overrides.items():
-            if key in ("preset", "latent", "super_res", "unclip", *sections):  # a stage may be added or removed
+            if key in ("preset", "kind", "stage", *sections):
                 top[key] = value
                 continue
             owners = [name for name, obj in sections.items() if key in {f.name for f in dataclasses.fields(obj)}]
             if not owners:
                 known = sorted({f.name for obj in sections.values() for f in dataclasses.fields(obj)})
                 raise ValueError(f"unknown config field {key!r}; known fields: {', '.join(known)}")
-            name = owners[0]
-            sections[name] = dataclasses.replace(sections[name], **{key: value})
-        sections.update({k: v for k, v in top.items() if k != "preset"})
-        return Config(preset=top.get("preset", self.preset), **{"latent": None, "super_res": None, "unclip": None,
-                                                                        **sections})
+            if len(owners) > 1:
+                raise ValueError(f"{key!r} is a field of both {' and '.join(owners)}: replace it through its section, "
+                                 f"e.g. {owners[0]}=dataclasses.replace(config.{owners[0]}, {key}=...)")
+            sections[owners[0]] = dataclasses.replace(sections[owners[0]], **{key: value})
+        sections.update({k: v for k, v in top.items() if k not in ("preset", "kind")})
+        return Config(preset=top.get("preset", self.preset), kind=top.get("kind", self.kind),
+                      **{"stage": None, **sections})
+
+
+def kind_names() -> tuple[str, ...]:
+    return importlib.import_module("ddpm.pipelines.base").kind_names()
 
 
 # Settings that --resume may change: they do not alter the path of the optimization that is already done
@@ -301,8 +244,7 @@ def resume_changes(saved: Config, requested: Config) -> list[str]:
     """What ``requested`` changes in a run saved with ``saved``, as "name: old -> new" lines. Raises a
     ValueError naming every change that would make the resumed run a different training."""
     if (saved.model != requested.model or saved.diffusion != requested.diffusion or saved.data != requested.data
-            or saved.latent != requested.latent or saved.super_res != requested.super_res
-            or saved.unclip != requested.unclip):
+            or saved.kind != requested.kind or saved.stage != requested.stage):
         raise ValueError(f"this run was trained with preset {saved.preset!r} and a different network, diffusion "
                          f"or data; resume it with the same settings, or start a new --name")
     old, new = saved.to_dict()["train"], requested.to_dict()["train"]
@@ -313,14 +255,6 @@ def resume_changes(saved: Config, requested: Config) -> list[str]:
         raise ValueError(f"--resume cannot change {shown}: the resumed run would not continue the same "
                          f"training; resume without these flags, or start a new --name")
     return [f"{k}: {a} -> {b}" for k, (a, b) in changed.items()]
-
-
-def _migrate_train(d: dict[str, Any]) -> dict[str, Any]:
-    """Configs saved before ``precision`` had ``amp`` (True: bf16 autocast on CUDA): True -> "auto", False -> "fp32"."""
-    d = dict(d)
-    if "amp" in d and "precision" not in d:
-        d["precision"] = "auto" if d.pop("amp") else "fp32"
-    return d
 
 
 def with_conditioning(model: UNetConfig, cond: str, dataset: str) -> UNetConfig:

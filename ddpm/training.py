@@ -7,10 +7,11 @@
 Each step: x0 from the data, t ~ U{0..T-1}, eps ~ N(0, I), loss = ||target - model(x_t, t, cond)||^2 with the
 target eps, x0 or v of the config's parameterization (GaussianDiffusion.training_loss), an Adam or AdamW
 step (config.train.optimizer) with gradient clipping, the learning-rate schedule, then the EMA update.
-The same loop trains every stage of the compositions in ddpm.pipelines: latent diffusion's autoencoder (its own
-loss, reconstruction + KL; its latent scale measured when the run stops) and the DDPM on its scaled latents
-z ~ q(z | x); a cascade's super-resolution model, which also gets each image's noise-augmented low-res version;
-unCLIP's CLIP (its own contrastive loss), prior (x0: CLIP image embeddings, given text embeddings) and decoder.
+The same loop trains every stage of the systems in ddpm/pipelines/: the run's Kind (``config.hook``,
+ddpm.pipelines.base) says what differs from the paper's DDPM: the frozen network a run builds on (a latent run's
+autoencoder, an unCLIP stage's CLIP), what a batch becomes before the loss (latents, embeddings, a
+super-resolution model's noise-augmented low-res input), a loss of its own (an autoencoder's, a CLIP's), what
+happens when the run stops, and the picture it draws of its progress.
 
 A run folder holds config.json, log.csv and loss_by_t.csv (ddpm.runlog), loss.png, samples/step_XXXXXX.png
 and checkpoint.pt (ddpm.checkpoints); every file is written atomically, and a lock file keeps a second
@@ -42,28 +43,20 @@ from ddpm.checkpoints import (
     build_model,
     config_json,
     load_checkpoint,
+    migrate_config,
     save_atomic,
 )
-from ddpm.conditions import condition_for_labels
-from ddpm.config import RESUMABLE_CHANGES, Config, resume_changes
+from ddpm.config import Config, resume_changes
+from ddpm.data import training_loader
 from ddpm.datasets import Labels, captions_for
 from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
-from ddpm.pipelines import (
-    attach_stages,
-    scaled_latents,
-    store_latent_scale,
-    training_grid,
-    training_inputs,
-    training_loader,
-    training_model,
-)
-from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, NUM_T_BUCKETS, RunLog
-from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state, setup_distributed
+from ddpm.pipelines.base import GridInputs
+from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, RunLog
+from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state
 from ddpm.samplers import bf16_is_fast
 from ddpm.viz import plot_loss_curve
 
-__all__ = ["Trainer", "TrainingError", "EMA", "DistInfo", "select_device", "setup_distributed",
-           "lr_factor", "condition_for_labels", "NUM_T_BUCKETS", "RESUMABLE_CHANGES", "resume_changes"]
+__all__ = ["Trainer", "TrainingError"]
 
 
 class TrainingError(RuntimeError):
@@ -111,11 +104,12 @@ class Trainer:
         if dist.is_main:  # files that a killed atomic write left behind
             remove_stale_temporaries(self.run_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOSS_BY_T_NAME))
         torch.manual_seed(tc.seed + dist.rank)
-        try:  # the frozen networks it builds on: a latent run's autoencoder, an unCLIP stage's CLIP
-            self.first_stage, self.clip, self.config = attach_stages(self.config, self.device)
+        self.kind = self.config.hook  # what this kind of run does differently from the paper's DDPM
+        try:  # the frozen network it builds on: a latent run's autoencoder, an unCLIP stage's CLIP
+            self.frozen, self.config = self.kind.attach(self.config, self.device)
         except (CheckpointError, ValueError) as e:
             raise TrainingError(str(e)) from None
-        self.loader = training_loader(self.config, self.local_batch, dist, dataset, self.first_stage or self.clip)
+        self.loader = training_loader(self.config, self.local_batch, dist, dataset, self.frozen)
         self.label_names = tuple(getattr(self.loader.dataset, "label_names", ()))
         self.model = build_model(self.config).to(self.device)
         self.diffusion = build_diffusion(self.config, self.device)
@@ -145,47 +139,34 @@ class Trainer:
     def condition(self, y: torch.Tensor | Labels | None):
         """The network's condition for a training batch: the labels, one random caption per label (saying some
         of the digits' style when the loader gives attributes: y = Labels(labels, attributes)), or None."""
-        cond = self.config.cond
         labels, attributes = (y.labels, y.attributes) if isinstance(y, Labels) else (y, None)
-        if cond == "class":
+        if self.config.cond == "class":
             return labels.to(self.device)
-        if self.config.captioned:
+        if self.kind.captions_vocab(self.config, self.frozen) is not None:
             return captions_for(self.label_names, labels, generator=self.caption_gen,
                                 dataset=self.config.data.dataset, attributes=attributes)
         return None
 
     # ------------------------------------------------------------------ one step
     def train_step(self, x0: torch.Tensor, cond=None, t: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """One optimizer step on a batch; returns (per-example losses [B], t [B] or None, grad norm).
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """Algorithm 1, one optimizer step: x_0 from the data, t ~ U{0..T-1}, eps ~ N(0, I), a gradient step on
+        ||eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t)||^2 (or the x_0 / v target of the
+        config's parameterization). Returns (per-example losses [B], t [B] or None, grad norm).
 
-        x0 is an image batch; for a latent run, images or (cached) posterior moments, turned into scaled latents
-        z ~ q(z | x) first; an autoencoder's loss is its own (reconstruction + KL, no timesteps)."""
-        tc = self.config.train
+        The run's Kind first says what the batch becomes (a latent run's scaled latents, an unCLIP prior's
+        embeddings, a super-resolution model's low-res input) and may have a loss of its own (an autoencoder's)."""
         self.net.train()
         x0 = x0.to(self.device, non_blocking=True)
-        if self.first_stage is not None:
-            x0 = scaled_latents(self.first_stage, x0, cached=self.config.latent.cache)
-        if self.clip is not None:  # unCLIP: the prior's embeddings, the decoder's condition
-            x0, cond = training_inputs(self.clip, self.config, x0, cond)
-        own_loss = not self.config.is_diffusion  # an autoencoder's or a CLIP's loss is its own
-        if t is None and not own_loss:
-            t = self.diffusion.sample_timesteps(x0.shape[0], device=self.device)
-        net = self.net  # a super-resolution run's: with this batch's augmented low-res inputs (pipelines.cascade)
-        if self.config.super_res is not None:
-            net = training_model(self.net, self.diffusion, x0, self.config.super_res)
+        net, x0, cond, t = self.kind.training_inputs(self.net, self.diffusion, self.frozen, self.config, x0, cond, t)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            if own_loss:
-                losses = self.net(x0) if cond is None else self.net(x0, cond)
-            else:
-                losses = self.diffusion.training_loss(net, x0, cond, t=t, noise=noise, reduction="none",
-                                                      min_snr_gamma=self.config.diffusion.min_snr_gamma)
+            losses, t = self.kind.loss(net, self.diffusion, self.config, x0, cond, t, noise)  # L_simple, Eq. 14
         loss = losses.mean()
         if not torch.isfinite(loss):
             raise TrainingError(self._nan_message(loss.item(), self.use_amp))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.model)
@@ -226,10 +207,10 @@ class Trainer:
         }
 
     def save_checkpoint(self, final: bool = False) -> Path | None:
-        """Write checkpoint.pt. final (when fit stops): an autoencoder's latent scale is measured first, so it
-        travels with the weights (periodic checkpoints keep the last measured one: measuring costs seconds)."""
-        if final and self.config.model_kind == "autoencoder":
-            store_latent_scale((self.model, self.ema.model), self.loader.dataset.images, self.ema.model)
+        """Write checkpoint.pt. final (when fit stops): the Kind's on_stop runs first (an autoencoder measures its
+        latent scale, so it travels with the weights)."""
+        if final:
+            self.kind.on_stop((self.model, self.ema.model), getattr(self.loader.dataset, "images", None))
         state = self.state_dict()  # every rank takes part in the gathers
         if not self.dist.is_main:
             return None
@@ -240,7 +221,7 @@ class Trainer:
     def _resume(self) -> list[str]:
         ckpt = load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device)
         try:
-            changes = resume_changes(Config.from_dict(ckpt["config"]), self.config)
+            changes = resume_changes(Config.from_dict(migrate_config(ckpt["config"])), self.config)
         except ValueError as e:
             raise TrainingError(str(e)) from None
         if len(ckpt["rng"]) != self.dist.world_size:
@@ -273,13 +254,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ samples
     def write_samples(self) -> Path:
-        """The EMA model's grid (ddpm.pipelines.training_grid): samples per class, a toy's points, or an
-        autoencoder's reconstructions."""
+        """The EMA model's grid (the Kind's: samples per class, a toy's points, an autoencoder's reconstructions)."""
         images, labels = (getattr(self.loader.dataset, k, None) for k in ("images", "labels"))
-        return training_grid(self.config, self.ema.model, self.diffusion,
-                             self.run_dir / "samples" / f"step_{self.step:06d}.png", step=self.step,
-                             label_names=self.label_names, images=images, labels=labels,
-                             first_stage=self.first_stage, clip=self.clip, device=self.device)
+        inputs = GridInputs(self.ema.model, self.diffusion, self.config, self.step, self.label_names, images, labels,
+                            self.frozen, self.device)
+        path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
+        with torch.no_grad():
+            return self.kind.grid(inputs, path)
 
     # ------------------------------------------------------------------ the loop
     def _request_stop(self) -> None:

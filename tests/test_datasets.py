@@ -643,8 +643,9 @@ def test_to_float_and_back():
     assert (x.double() - (u.double() / 127.5 - 1)).abs().max() < 1e-6
     assert torch.equal(to_uint8(x), u)
     assert to_uint8(torch.tensor([-3.0, 3.0, 0.0])).tolist() == [0, 255, 128]
+    assert torch.equal(to_float(x), x) and to_float(x.double()).dtype == torch.float32  # floats pass through
     with pytest.raises(TypeError):
-        to_float(x)
+        to_float(u.to(torch.int16))
 
 
 def test_image_dataset_checks_and_subset():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm.checkpoints import CheckpointError, load_checkpoint, load_run, save_atomic
+from ddpm.checkpoints import CheckpointError, load_checkpoint, load_run, migrate_config, save_atomic
 from ddpm.config import Config
 from ddpm.presets import get_preset
 from ddpm.training import EMA, DistInfo, Trainer, TrainingError, lr_factor
@@ -325,12 +325,13 @@ def test_a_time_budget_fixes_and_records_the_step_count(tmp_path, monkeypatch):
 
 
 def test_configs_saved_with_amp_load_with_a_precision():
-    """Runs saved before TrainConfig.precision had amp (bf16 autocast on CUDA): True -> "auto", False -> "fp32";
-    unknown precisions are refused."""
+    """Runs saved before TrainConfig.precision had amp (bf16 autocast on CUDA): True -> "auto", False -> "fp32",
+    through the one migration at the loading boundary; unknown precisions are refused."""
     d = _tiny().to_dict()
     del d["train"]["precision"]
     for amp, precision in ((True, "auto"), (False, "fp32")):
-        assert Config.from_dict({**d, "train": {**d["train"], "amp": amp}}).train.precision == precision
+        old = {**d, "train": {**d["train"], "amp": amp}}
+        assert Config.from_dict(migrate_config(old)).train.precision == precision
     with pytest.raises(ValueError, match="precision"):
         get_preset("tiny", precision="fp16")
 

@@ -26,20 +26,18 @@ asserts on absolute times.
     runs.py      training and sampling speed, run_bench (the whole benchmark of a preset)
     knobs.py     what a few knobs do to a forward pass; torch.profiler's top operators
     report.py    format_bench: the results as a table
-    latent.py    compare_latent: a latent preset side by side with the pixel text model (FLOPs, images/s, sampling)
-    cascade.py   compare_cascade: the cascade's two stages side by side with the single-stage text model
+
+A system's presets are measured side by side with the pixel model they compete with by its own bench.py
+(ddpm/pipelines/latent/bench.py, ddpm/pipelines/cascade/bench.py), named in its presets.py (BENCH).
 
 The command ``python -m ddpm bench`` lives in ``ddpm.cli.bench``.
 """
 
 from ddpm._util import num_threads
-from ddpm.bench.cascade import compare_cascade, format_cascade_comparison
 from ddpm.bench.knobs import explore_knobs, profile_steps
-from ddpm.bench.latent import compare_latent, format_latent_comparison
 from ddpm.bench.measure import conv_flops, forward_flops, matmul_flops, train_flops
 from ddpm.bench.report import format_bench
 from ddpm.bench.runs import GOALS, bench_sampling, bench_training, run_bench
 
 __all__ = ["num_threads", "matmul_flops", "conv_flops", "forward_flops", "train_flops", "bench_training",
-           "bench_sampling", "explore_knobs", "profile_steps", "run_bench", "format_bench", "GOALS", "compare_latent",
-           "format_latent_comparison", "compare_cascade", "format_cascade_comparison"]
+           "bench_sampling", "explore_knobs", "profile_steps", "run_bench", "format_bench", "GOALS"]

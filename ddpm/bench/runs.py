@@ -36,7 +36,7 @@ from ddpm.presets import get_preset
 from ddpm.samplers import ancestral_sample, bf16_is_fast, ddim_sample, sample
 from ddpm.training import Trainer
 
-__all__ = ["bench_training", "bench_sampling", "fast_sampling", "run_bench", "GOALS", "FAST_SAMPLING"]
+__all__ = ["bench_training", "bench_sampling", "fast_sampling", "run_bench", "GOALS", "FAST_SAMPLING", "train_step_of"]
 
 # what the report compares the mnist preset against on a 2-core CPU; reported, never asserted
 GOALS = {"train_mfu": 0.60, "ancestral_64x1000_s": 60.0, "ddim50_64_s": 5.0}
@@ -61,7 +61,7 @@ def _condition(config: Config, n: int, device: torch.device):
 # ------------------------------------------------------------------ training
 def _synthetic_dataset(config: Config, n: int) -> ImageDataset | None:
     """Random uint8 images and labels shaped like the preset's data (no dataset is loaded or downloaded)."""
-    if config.model_kind == "mlp":
+    if config.data.dataset == "toy2d":
         return None
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, *config.sample_shape), dtype=torch.uint8, generator=g)
@@ -334,3 +334,13 @@ def _goals(fp32: dict[str, Any]) -> dict[str, Any]:
         if key in est:
             goals[key] = {"goal": f"<= {GOALS[goal]:.0f} s", "value": est[key], "met": est[key] <= GOALS[goal]}
     return goals
+
+
+def train_step_of(trainer: Trainer, batches: list):
+    """A callable that runs one Trainer.train_step on the next of the given batches (for timing)."""
+    k = iter(range(10**9))
+
+    def step():
+        x0, y = batches[next(k) % len(batches)]
+        trainer.train_step(x0, trainer.condition(y))
+    return step

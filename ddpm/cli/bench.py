@@ -7,19 +7,13 @@ Timings on a shared machine are noisy: the load average is recorded with them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 
 from ddpm._util import write_text_atomic
-from ddpm.bench import (
-    compare_cascade,
-    compare_latent,
-    format_bench,
-    format_cascade_comparison,
-    format_latent_comparison,
-    run_bench,
-)
+from ddpm.bench import format_bench, run_bench
 from ddpm.cli.common import UsageError, add_device_flags, check_output, positive_int, setup_device
-from ddpm.presets import PRESETS
+from ddpm.presets import BENCH, NOT_BENCHED, PRESETS
 
 __all__ = ["add_arguments", "run"]
 
@@ -48,24 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
-    if PRESETS[args.preset].model_kind == "autoencoder":
-        raise UsageError(f"{args.preset} is an autoencoder, not a diffusion model; python -m ddpm bench --preset "
-                         f"mnist-latent measures it beside the latent and the pixel models")
+    if args.preset in NOT_BENCHED:
+        raise UsageError(f"{args.preset} is {NOT_BENCHED[args.preset]}")
     out = check_output(args.out, (".json",), "--out")
     device = setup_device(args)
-    preset = PRESETS[args.preset]
-    side_by_side = None  # a later stage is measured beside the pixel text model
-    if preset.super_res is not None or preset.data.image_size is not None:  # either stage of the cascade
-        side_by_side = (compare_cascade, format_cascade_comparison, {})
-    elif preset.latent is not None:
-        side_by_side = (compare_latent, format_latent_comparison, {"latent_preset": args.preset})
+    side_by_side = importlib.import_module(BENCH[args.preset]) if args.preset in BENCH else None
     progress = lambda s: print(f"... {s}", flush=True)  # noqa: E731
-    if side_by_side is not None:
-        compare, fmt, names = side_by_side
-        result = compare(**names, device=device, batch_size=args.batch_size, n=args.sample_batch,
-                         repeats=1 if args.quick else 3, train_repeats=args.train_steps or (1 if args.quick else 5),
-                         progress=progress)
-        text = fmt(result)
+    if side_by_side is not None:  # a system's preset, measured beside the pixel model it competes with
+        result = side_by_side.compare(args.preset, device=device, batch_size=args.batch_size, n=args.sample_batch,
+                                      repeats=1 if args.quick else 3,
+                                      train_repeats=args.train_steps or (1 if args.quick else 5), progress=progress)
+        text = side_by_side.format_comparison(result)
     else:
         result = run_bench(args.preset, batch_size=args.batch_size, sample_batch=args.sample_batch, device=device,
                            quick=args.quick, full=args.full, explore=args.explore, profile=args.profile,

@@ -22,7 +22,7 @@ from ddpm.samplers import PRECISIONS, SAMPLERS, SPACINGS, THRESHOLDS, default_st
 
 __all__ = ["UsageError", "check_prompt", "DEFAULT_RUN", "PRETRAINED", "DEFAULT_TEXT_RUN", "PRETRAINED_TEXT",
            "positive_int", "nonnegative_int", "finite_float", "nonnegative_float", "add_run_flag", "add_sampler_flags",
-           "sampler_options", "add_device_flags",
+           "sampler_flags", "add_device_flags",
            "setup_device", "resolve_run", "load_image_run", "resolve_condition", "class_index", "check_output",
            "MAX_ECHO", "vocabulary_text"]
 
@@ -120,13 +120,13 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim", several
     p.add_argument("--precision", choices=PRECISIONS, default=precision,
                    help=f"the network's arithmetic: fp32, bf16 (autocast), or auto (bf16 where the CPU or GPU has "
                         f"bf16 units, else fp32) (default: {precision})")
-    p.add_argument("--eta", type=nonnegative_float, default=0.0, help="ddim: eta (0: deterministic; 1: "
-                                                                      "ancestral-like)")
-    p.add_argument("--variance", choices=VARIANCES, default="fixed_small",
+    p.add_argument("--eta", type=nonnegative_float, default=None, help="ddim: eta (0, the default: deterministic; "
+                                                                       "1: ancestral-like)")
+    p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="ancestral: sigma_t^2 = beta_tilde (fixed_small, default) or beta (fixed_large)")
 
 
-def sampler_options(args, T: int | None, sampler: str | None = None,
+def sampler_flags(args, T: int | None, sampler: str | None = None,
                     steps: int | None = None) -> tuple[int | None, dict]:
     """(steps, keyword arguments for ddpm.samplers.sample) from the sampler flags, checked against the model's T
     (None: not known yet; steps stays None for the sampler's default). sampler/steps override the flags'."""
@@ -136,14 +136,11 @@ def sampler_options(args, T: int | None, sampler: str | None = None,
     if T is not None and steps > T:
         raise UsageError(f"--steps {steps} is more than this model's T = {T}")
     options = {"spacing": args.spacing, "threshold": args.threshold, "precision": args.precision}
-    if sampler == "ddim":
-        options["eta"] = args.eta
-    elif args.eta != 0.0:
-        raise UsageError(f"--eta is for the ddim sampler, not {sampler}")
-    if sampler == "ancestral":
-        options["variance"] = args.variance
-    elif args.variance != "fixed_small":
-        raise UsageError(f"--variance is for the ancestral sampler, not {sampler}")
+    for flag, value, own in (("eta", args.eta, "ddim"), ("variance", args.variance, "ancestral")):
+        if value is not None and sampler != own:
+            raise UsageError(f"--{flag} is for the {own} sampler, not {sampler}")
+        if value is not None:
+            options[flag] = value  # else the sampler's default (eta 0, fixed_small)
     return steps, options
 
 
@@ -176,26 +173,11 @@ def resolve_run(run: str | None, text: bool = False) -> Path:
 
 
 def load_image_run(run: str | None, device, use_ema: bool = True, text: bool = False) -> LoadedRun:
-    """The run of --run (see resolve_run), refusing a 2D toy model where images are expected."""
+    """The run of --run (see resolve_run), refusing what ``sample`` does not draw (Kind.usage says what does)."""
     loaded = load_run(resolve_run(run, text), device=device, use_ema=use_ema)
-    if loaded.config.model_kind == "mlp":
-        raise UsageError(f"{loaded.path} is a 2D toy model: see python -m ddpm visualize toy --run {loaded.path}")
-    if loaded.config.super_res is not None:
-        raise UsageError(f"{loaded.path} is a super-resolution model (a cascade's second stage): it refines low-res "
-                         f"digits; use python -m ddpm sample --refine {loaded.path} (after the base "
-                         f"runs/mnist-base14, or with --from-test)")
-    if loaded.config.model_kind == "autoencoder":
-        raise UsageError(f"{loaded.path} is an autoencoder (the first stage of latent diffusion), not a diffusion "
-                         f"model: see python -m ddpm evaluate --run {loaded.path}, or sample from a latent run")
-    unclip = {"clip": f"a CLIP (unCLIP's encoders), not a diffusion model: see python -m ddpm evaluate --run "
-                      f"{loaded.path}",
-              "prior": f"unCLIP's diffusion prior (it makes CLIP embeddings, not images): use python -m ddpm sample "
-                       f"--unclip --prior {loaded.path} --prompt \"a thick seven\""}
-    if loaded.config.model_kind in unclip:
-        raise UsageError(f"{loaded.path} is {unclip[loaded.config.model_kind]}")
-    if loaded.config.unclip_stage == "decoder":
-        raise UsageError(f"{loaded.path} is unCLIP's decoder (it decodes CLIP image embeddings): use python -m ddpm "
-                         f"sample --unclip --decoder {loaded.path} --prompt \"a thick seven\", or --variations 0")
+    why = loaded.config.hook.usage(loaded)  # a 2D toy, a system's stage that another command draws
+    if why is not None:
+        raise UsageError(why)
     return loaded
 
 

@@ -1,10 +1,10 @@
 """Bits/dim and sample quality of a trained run: prints a table and writes the report as JSON.
 
 Bits/dim of test images under the variational bound, with its terms (prior, decoder, KL by range of t).
-A latent model's samples are decoded by its autoencoder before they are judged (it has no bits/dim); an
-autoencoder is judged by its reconstructions (PSNR, the classifier on them, its latents' statistics). A cascade's
-base is judged through its super-resolution stage (--refine; several --aug-level values compare them on the
-same base samples); a super-resolution model by refining shrunk test digits, against bicubic upsampling.
+A latent model's samples are decoded by its autoencoder before they are judged (it has no bits/dim). A kind of
+run with a judgement of its own gets it (its pipeline folder's evaluate.py): an autoencoder its reconstructions,
+a super-resolution model by refining shrunk test digits against bicubic upsampling, a CLIP, a prior or a decoder
+theirs. The cascade as a whole: python -m ddpm cascade --evaluate; unCLIP: python -m ddpm unclip --evaluate.
 For MNIST-like data, samples judged by a small classifier: conditional accuracy, and a Frechet distance of
 its features beside the real-data floor (not the Inception FID of the literature). For CIFAR-10, Inception
 FID when pytorch-fid and its weights are installed. The report goes to <run>/eval.json unless --out.
@@ -17,28 +17,8 @@ import json
 from pathlib import Path
 
 from ddpm._util import write_text_atomic
-from ddpm.checkpoints import load_run
 from ddpm.cli import common
-from ddpm.cli.refine import (
-    DEFAULT_BASE_RUN,
-    PRETRAINED_BASE,
-    add_refine_flags,
-    check_stages,
-    load_refiner,
-    resolve_stage,
-)
-from ddpm.cli.unclip import add_unclip_flags, load_unclip
-from ddpm.metrics import (
-    cascade_sweep,
-    evaluate_run,
-    format_cascade_sweep,
-    format_report,
-    format_sweep,
-    quality_sweep,
-    report_path,
-)
-from ddpm.metrics.unclip import evaluate_unclip_run, unclip_rows
-from ddpm.pipelines.unclip import Stage
+from ddpm.metrics import evaluate_run, format_report, format_sweep, quality_sweep, report_path
 from ddpm.viz import plot_quality_vs_calls
 
 __all__ = ["add_arguments", "run"]
@@ -69,66 +49,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                       "data/classifiers/<dataset>.pt, trained on first use)")
     p.add_argument("--out", default=None, help="JSON report (default: <run>/eval.json)")
     p.add_argument("--seed", type=common.nonnegative_int, default=0)
-    add_refine_flags(p, several=True)
-    add_unclip_flags(p, sample=False)
-    p.add_argument("--class-run", default=None, help="an unCLIP decoder's variations are compared with this "
-                                                     "class-conditional model's samples (default: runs/mnist, else "
-                                                     "the shipped one)")
     common.add_device_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    if args.refine is not None:  # a cascade: the base is runs/mnist-base14 or the shipped one
-        run_path = resolve_stage(args.run, DEFAULT_BASE_RUN, PRETRAINED_BASE, "mnist-base14")
-    else:
-        run_path = common.resolve_run(args.run)
+    run_path = common.resolve_run(args.run)
     if len(args.sampler) * len(args.steps or [None]) > 1:
-        if args.refine is not None or args.aug_level:
-            raise common.UsageError("a sampler/steps sweep takes one model: drop --refine and --aug-level")
         return _sweep(args, run_path)
-    levels = args.aug_level or []
-    if args.refine is not None and len(levels) > 1:
-        return _aug_sweep(args, run_path)
     out = common.check_output(args.out if args.out is not None else report_path(run_path), (".json",), "--out")
     device = common.setup_device(args)
-    steps, options = common.sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
-    loaded, refiner = load_run(run_path, device=device), None
-    if loaded.config.unclip is not None or loaded.config.model_kind == "clip":
-        return _unclip(args, loaded, device, out)
-    if args.refine is not None:
-        refiner = load_refiner(args, device, options, levels[0] if levels else None)
-        check_stages(loaded, refiner)
-    elif loaded.config.super_res is not None:  # the SR model alone, sampled as --refine-sampler/--refine-steps say
-        refiner = load_refiner(args, device, options, levels[0] if levels else None, run=loaded)
-    report = evaluate_run(loaded, n_samples=args.n_samples, sampler=args.sampler[0], steps=steps, options=options,
+    steps, options = common.sampler_flags(args, None, args.sampler[0], (args.steps or [None])[0])
+    report = evaluate_run(run_path, n_samples=args.n_samples, sampler=args.sampler[0], steps=steps, options=options,
                           guidance=args.guidance, bpd_images=args.bpd_images, bpd_batch_size=args.bpd_batch_size,
                           bpd_timesteps=args.bpd_timesteps, sample_batch_size=args.sample_batch_size,
                           seed=args.seed, device=device, classifier=args.classifier, out=out,
-                          progress=not args.no_progress, refine=refiner, aug_levels=levels or None)
+                          progress=not args.no_progress)
     print(format_report(report))
     print(f"wrote {report['path']}")
-    return 0
-
-
-def _aug_sweep(args, run_path: Path) -> int:
-    """A cascade at several augmentation levels: the same base samples refined at each (no bits/dim)."""
-    folder = run_path if run_path.is_dir() else Path(".")
-    out = common.check_output(args.out if args.out is not None else folder / "eval_aug_sweep.json", (".json",),
-                              "--out")
-    if args.n_samples < 2:
-        raise common.UsageError("an augmentation sweep needs --n-samples of at least 2")
-    device = common.setup_device(args)
-    steps, options = common.sampler_options(args, None, args.sampler[0], (args.steps or [None])[0])
-    refiner = load_refiner(args, device, options)
-    base = load_run(run_path, device=device)
-    check_stages(base, refiner)
-    result = cascade_sweep(base, refiner, args.aug_level, n=args.n_samples, sampler=args.sampler[0], steps=steps,
-                           guidance=args.guidance, options=options, classifier=args.classifier, seed=args.seed,
-                           batch_size=args.sample_batch_size, progress=not args.no_progress)
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    print(format_cascade_sweep(result))
-    print(f"wrote {out}")
     return 0
 
 
@@ -140,7 +78,7 @@ def _sweep(args, run_path: Path) -> int:
     if args.n_samples < 2:
         raise common.UsageError("a sweep needs --n-samples of at least 2")
     options = {"spacing": args.spacing, "threshold": args.threshold, "precision": args.precision}
-    if args.eta != 0.0 or args.variance != "fixed_small":
+    if args.eta is not None or args.variance is not None:
         raise common.UsageError("--eta and --variance are for one sampler; a sweep takes --spacing and --threshold")
     device = common.setup_device(args)
     result = quality_sweep(run_path, args.sampler, args.steps or [None], n_samples=args.n_samples,
@@ -150,28 +88,4 @@ def _sweep(args, run_path: Path) -> int:
     plot_quality_vs_calls(result["rows"], title=f"{result['run']}: quality per model call", path=png)
     print(format_sweep(result))
     print(f"wrote {out} and {png}")
-    return 0
-
-
-def _unclip(args, loaded, device, out: Path) -> int:
-    """A CLIP, a prior or a decoder (with --prior: text to image; and its variations) (ddpm.metrics.unclip)."""
-    if args.sampler != ["ddim"] or args.refine is not None:
-        raise common.UsageError("unCLIP's stages take --decoder-sampler and --prior-sampler (and their --*-steps), "
-                                "one model at a time: drop --sampler and --refine")
-    kind = loaded.config.unclip_stage or loaded.config.model_kind
-    prior = decoder = class_run = None
-    if kind == "prior":
-        prior = Stage(loaded, args.prior_sampler, args.prior_steps, args.prior_guidance)
-    elif kind == "decoder":
-        unclip = load_unclip(args, device, decoder=loaded)
-        prior, decoder = unclip.prior, unclip.decoder
-        class_run = common.load_image_run(args.class_run, device)
-    report = evaluate_unclip_run(loaded, prior=prior, decoder=decoder, class_run=class_run,
-                                 n_samples=args.n_samples, classifier=args.classifier, seed=args.seed,
-                                 batch_size=args.sample_batch_size, progress=not args.no_progress)
-    path = write_text_atomic(out, json.dumps(report, indent=2) + "\n")
-    width = max(len(k) for k, _ in unclip_rows(report)) + 2
-    print(f"{loaded.path} ({loaded.config.preset}, step {loaded.step})")
-    print("\n".join(f"{k:<{width}}{v}" for k, v in unclip_rows(report)))
-    print(f"wrote {path}")
     return 0

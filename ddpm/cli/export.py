@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ddpm.checkpoints import export_model
-from ddpm.cli.common import check_output
+from ddpm.cli.common import UsageError, check_output
 
 __all__ = ["add_arguments", "run"]
 
@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     out = check_output(args.out, (".pt",), "--out")
-    path = export_model(args.run, out, half=args.half, autoencoder=args.autoencoder, clip=args.clip)
+    if args.autoencoder is not None and args.clip is not None:
+        raise UsageError("give --autoencoder (a latent run's) or --clip (an unCLIP stage's), not both")
+    path = export_model(args.run, out, half=args.half, frozen=args.autoencoder or args.clip)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

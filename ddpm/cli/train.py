@@ -4,13 +4,14 @@ checkpoint.pt. Ctrl-C stops at the end of the current step and saves; --resume c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
 import torch.distributed
 
 from ddpm._util import set_threads
-from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint
+from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint, migrate_config
 from ddpm.cli.common import UsageError, add_device_flags, finite_float, nonnegative_int, positive_int
 from ddpm.config import Config
 from ddpm.presets import PRESETS, get_preset
@@ -93,22 +94,21 @@ def _run_dir(args) -> Path:
     return runs / name
 
 
+def _has_field(config: Config, name: str) -> bool:
+    """Whether the preset's own section (Config.stage) has this field (a latent preset's autoencoder)."""
+    return config.stage is not None and name in {f.name for f in dataclasses.fields(config.stage)}
+
+
 def train_config(args, run_dir: Path) -> Config:
     """The config to train: the preset with the flags; with --resume, the run's own config with the flags."""
     preset = PRESETS.get(args.preset or "mnist")
-    if args.autoencoder is not None and (args.resume or preset is None or preset.latent is None):
-        latent = ", ".join(name for name, c in PRESETS.items() if c.latent is not None)
-        raise UsageError(f"--autoencoder is for a new run of a latent preset ({latent}); a resumed run keeps its own")
-    if args.clip is not None and (args.resume or preset is None or preset.unclip is None):
-        stages = ", ".join(name for name, c in PRESETS.items() if c.unclip is not None)
-        raise UsageError(f"--clip is for a new run of an unCLIP prior or decoder preset ({stages}); a resumed run "
-                         f"keeps its own")
-    if args.aug_max is not None and (args.resume or preset is None or preset.super_res is None):
-        sr = ", ".join(name for name, c in PRESETS.items() if c.super_res is not None)
-        raise UsageError(f"--aug-max is for a new run of a super-resolution preset ({sr})")
+    for flag, field in (("--autoencoder", "autoencoder"), ("--clip", "clip"), ("--aug-max", "aug_max")):
+        if getattr(args, field) is not None and (args.resume or preset is None or not _has_field(preset, field)):
+            takers = ", ".join(name for name, c in PRESETS.items() if _has_field(c, field))
+            raise UsageError(f"{flag} is for a new run of a preset that has it ({takers}); a resumed run keeps its own")
     if not args.resume:
         return get_preset(args.preset or "mnist", **_overrides(args))
-    saved = Config.from_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"])
+    saved = Config.from_dict(migrate_config(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"]))
     if args.preset is not None and args.preset != saved.preset:
         raise UsageError(f"{run_dir} was trained with preset {saved.preset!r}, not {args.preset!r}; drop --preset "
                          f"to resume it")
@@ -118,7 +118,7 @@ def train_config(args, run_dir: Path) -> Config:
 def _check_load(args) -> None:
     """Warn when other processes already keep every core busy (1-minute load average above the core count):
     torch's threads then slow down 2-4x. A warning, not a silent switch to one thread: the 1-minute average
-    also counts work that has just ended (README: "What to expect" has the measurements)."""
+    also counts work that has just ended (docs/cpu.md has the measurements)."""
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if args.threads is None and cores > 1 and load > cores:
@@ -158,21 +158,9 @@ def run(args) -> int:
             print(f"samples: {summary['samples']}")
         if summary["interrupted"]:
             print(f"continue: python -m ddpm train --name {run_dir.name} --runs-dir {run_dir.parent} --resume")
-        elif trainer.config.super_res is not None:  # the second stage of a cascade
-            print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm sample --run runs/mnist-base14 "
-                  f"--refine {run_dir} --prompt \"a thick seven\"")
-        elif trainer.config.model_kind == "autoencoder":  # a first stage: judge it, then train a DDPM on its latents
-            print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm train --preset mnist-latent "
-                  f"(its config names runs/mnist-autoencoder; another autoencoder: --autoencoder {run_dir})")
-        elif trainer.config.model_kind == "clip":  # unCLIP's encoders: judge them, then the prior and decoder on them
-            print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm train --preset mnist-prior and "
-                  f"--preset mnist-decoder (their configs name runs/mnist-clip; another CLIP: --clip {run_dir})")
-        elif trainer.config.unclip is not None:
-            stage = "--prior" if trainer.config.model_kind == "prior" else "--decoder"
-            print(f"next: python -m ddpm evaluate --run {run_dir}; python -m ddpm sample --unclip {stage} {run_dir} "
-                  f"--prompt \"a thick seven\"")
-        else:
-            print(f"next: python -m ddpm sample --run {run_dir}")
+        else:  # what the run is for: the kind says
+            hint = trainer.kind.next_steps(trainer.config, run_dir) or f"python -m ddpm sample --run {run_dir}"
+            print(f"next: {hint}")
     if dist.enabled:
         torch.distributed.destroy_process_group()
     return 0

@@ -172,8 +172,8 @@ def fig_unet(args, out: Path, device: torch.device) -> list[Path]:
     else:
         config = get_preset("mnist")
         model = build_model(config)
-    if config.model_kind != "unet":
-        raise UsageError(f"{shorten(args.run, MAX_ECHO)} holds a toy MLP, not a U-Net")
+    if config.network != "unet":
+        raise UsageError(f"{shorten(args.run, MAX_ECHO)} holds a {config.network} network, not a U-Net")
     (path,) = _outputs(out, f"unet_{config.preset}.png")
     m = config.model
     x = torch.randn(1, m.in_channels, m.image_size, m.image_size)
@@ -210,13 +210,10 @@ def fig_reverse(args, out: Path, device: torch.device) -> list[Path]:
     trajectory = viz.reverse_trajectory(loaded.model, loaded.diffusion, (n, *loaded.shape), _on(cond, device),
                                         sampler=args.sampler, steps=steps, frames=None, guidance_scale=guidance,
                                         generator=_generator(args, device), **loaded.sampler_options())
-    if loaded.first_stage is not None:  # a latent run: the latent channels beside the decoded prediction
-        title = f"latent reverse process ({args.sampler}, {steps} steps): $z_t$ and the decoded predicted $z_0$"
-        return [viz.plot_latent_trajectory(_evenly(trajectory, 9), loaded.decode, n_images=min(n, 2), title=title,
-                                           path=png),
-                viz.save_reverse_animation(viz.decode_steps(_evenly(trajectory, 40), loaded.decode), gif,
-                                           nrow=min(n, 8), show_pred_x0=True)]
     title = f"reverse process ({args.sampler}, {steps} steps): $x_t$ and the predicted $x_0$"
+    if tuple(loaded.image_shape) != tuple(loaded.shape):  # samples that are decoded (a latent run's): decoded
+        trajectory = viz.decode_steps(trajectory, loaded.decode)
+        title = f"reverse process ({args.sampler}, {steps} steps): decoded $z_t$ and decoded predicted $z_0$"
     return [viz.plot_reverse_trajectory(_evenly(trajectory, 9), n_images=min(n, 4), title=title, path=png),
             viz.save_reverse_animation(_evenly(trajectory, 40), gif, nrow=min(n, 8), show_pred_x0=True)]
 
@@ -233,9 +230,8 @@ def fig_loss_profile(args, out: Path, device: torch.device) -> list[Path]:
         raise UsageError(f"{loaded.path} is conditional but the {dataset} test set has no labels")
     # the canonical condition of each label (class ids or class prompts): the same for every --seed
     cond = condition_for_labels(loaded.cond, labels, loaded.label_names, dataset)
-    if loaded.first_stage is not None:  # a latent model's loss is on the latents of the images
-        with torch.no_grad():
-            images = loaded.first_stage.to_latents(to_float(images).to(device), sample=False)
+    with torch.no_grad():  # what the diffusion models: the images, or a latent run's latents of them
+        images = loaded.config.hook.encode(loaded.frozen, to_float(images).to(device))
     _say(f"evaluating the loss of {loaded.path} (step {loaded.step}) on {len(images)} test images at 40 timesteps")
     ts, losses = viz.loss_profile(loaded.model, loaded.diffusion, images, _on(cond, device),
                                   generator=_generator(args, device))
@@ -246,7 +242,7 @@ def fig_loss_profile(args, out: Path, device: torch.device) -> list[Path]:
 # ---------------------------------------------------------------------------------------------- 2D toys
 def _load_toy_run(run: str) -> LoadedRun:
     loaded = load_run(run)
-    if loaded.config.model_kind != "mlp":
+    if loaded.config.data.dataset != "toy2d":
         raise UsageError(f"{loaded.path} is an image model; toy needs a toy2d run (python -m ddpm train "
                          "--preset toy2d), or no --run to train one here")
     return loaded

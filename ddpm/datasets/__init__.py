@@ -77,10 +77,12 @@ from ddpm.datasets.images import (
     IMAGE_EXTENSIONS,
     ImageDataset,
     area_downsample,
+    bicubic_to,
     load_image_folder,
     shrink,
     to_float,
     to_uint8,
+    upsample,
 )
 from ddpm.datasets.loader import BatchLoader, Labels
 from ddpm.datasets.registry import DATASET_NAMES, dataset_label_names, load_dataset
@@ -88,6 +90,8 @@ from ddpm.datasets.toys import TOY2D_NAMES, toy2d
 
 __all__ = [
     "area_downsample",
+    "bicubic_to",
+    "upsample",
     "shrink",
     "ATTRIBUTES",
     "ATTRIBUTE_WORDS",

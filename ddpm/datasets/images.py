@@ -16,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from ddpm.datasets.base import DatasetError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "load_image_folder", "to_float", "to_uint8"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "load_image_folder", "to_float", "to_uint8", "area_downsample", "shrink",
+           "upsample", "bicubic_to"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -28,9 +31,12 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "load_image_folder", "to_float", 
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images in {0..255} -> float32 in [-1, 1]: x / 127.5 - 1 (any shape)."""
+    """uint8 images in {0..255} -> float32 in [-1, 1]: x / 127.5 - 1 (any shape); float images (already in
+    [-1, 1]) as float32, unchanged. Other dtypes raise."""
+    if images.is_floating_point():
+        return images.to(torch.float32)
     if images.dtype != torch.uint8:
-        raise TypeError(f"to_float expects uint8 images, got {images.dtype} (already converted?)")
+        raise TypeError(f"to_float expects uint8 images or floats in [-1, 1], got {images.dtype}")
     return images.to(torch.float32) / 127.5 - 1.0
 
 
@@ -204,3 +210,16 @@ def load_image_folder(root: str | os.PathLike, image_size: int, channels: int = 
         images[i] = torch.from_numpy(array.reshape(image_size, image_size, channels)).permute(2, 0, 1)
     labels = torch.tensor([k for _, k in files], dtype=torch.int64) if class_dirs else None
     return ImageDataset(images, labels, label_names, name=root.resolve().name)
+
+
+def upsample(x: Tensor, size: int) -> Tensor:
+    """Images [B, C, h, w] in [-1, 1] enlarged to size x size by bicubic interpolation (clamped to [-1, 1])."""
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+
+
+def bicubic_to(images: Tensor, size: int) -> Tensor:
+    """uint8 images enlarged to size x size by bicubic interpolation, as uint8: the baseline a super-resolution
+    model must beat, and how a base model's small samples reach a classifier made for full-size digits."""
+    if images.shape[-1] == size:
+        return images
+    return to_uint8(upsample(to_float(images), size))

@@ -24,11 +24,11 @@ Two families of numbers:
     classifier.py   SmallCNN, training and caching it, its features, conditional accuracy
     frechet.py      feature statistics, the Frechet distance, Inception FID (optional dependencies)
     evaluate.py     bits/dim of a dataset, class-balanced samples, evaluate_run and its report table
-    super_res.py    a cascade's super-resolution model on real digits shrunk: PSNR, accuracy, Frechet vs bicubic
-    unclip.py       unCLIP: the CLIP's zero-shot accuracy and retrieval, the prior's embeddings against the true
-                    ones, text-to-image through prior and decoder, variations (class kept, diversity)
-    sweep.py        quality per model call: several samplers and step counts, judged alike; a cascade per
-                    augmentation level
+    judge.py        a set of images judged (accuracy, Frechet and its floor), PSNR, speckle: for every kind
+    sweep.py        quality per model call: several samplers and step counts, judged alike
+
+A kind of run with a judgement of its own (an autoencoder's reconstructions, a super-resolution model on real
+digits, each stage of unCLIP) has it in its pipeline folder (evaluate.py), named by its Kind.evaluation.
 
 The command ``python -m ddpm evaluate`` lives in ``ddpm.cli.evaluate``.
 """
@@ -55,12 +55,12 @@ from ddpm.metrics.evaluate import (
     sample_conditions,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
-from ddpm.metrics.super_res import evaluate_super_res
-from ddpm.metrics.sweep import cascade_sweep, format_cascade_sweep, format_sweep, quality_sweep
+from ddpm.metrics.judge import SampleJudge, mean_psnr, psnr, speckle
+from ddpm.metrics.sweep import format_sweep, quality_sweep
 
 __all__ = ["bits_per_dim_dataset", "SmallCNN", "train_classifier", "load_or_train_classifier", "classifier_path",
            "classifier_features", "feature_statistics", "frechet_distance", "conditional_accuracy",
            "generate_samples", "inception_fid", "evaluate_run", "report_path", "format_report",
            "CLASSIFIER_DATASETS", "NUM_T_RANGES", "FRECHET_NOTE", "quality_sweep", "format_sweep", "adherence_plan",
-           "score_adherence", "attribute_adherence", "sample_conditions", "evaluate_super_res", "cascade_sweep",
-           "format_cascade_sweep"]
+           "score_adherence", "attribute_adherence", "sample_conditions", "SampleJudge", "speckle", "psnr",
+           "mean_psnr"]

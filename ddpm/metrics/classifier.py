@@ -75,7 +75,7 @@ def classifier_features(classifier: SmallCNN, images: ImageDataset | Tensor, bat
     with eval_mode(classifier), torch.inference_mode():
         for lo in range(0, len(data), batch_size):
             xb = data[lo:lo + batch_size]
-            xb = (to_float(xb) if xb.dtype == torch.uint8 else xb.float()).to(device)
+            xb = to_float(xb).to(device)
             f = classifier.features(xb)
             feats.append(f.float().cpu())
             logits.append(classifier.out(f).float().cpu())

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,10 @@ from tqdm.auto import tqdm
 from ddpm._util import select_condition, write_text_atomic
 from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, checkpoint_path, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
-from ddpm.datasets import ImageDataset, load_dataset, mnist_edges, shrink, to_float, to_uint8
+from ddpm.datasets import ImageDataset, bicubic_to, load_dataset, mnist_edges, shrink, to_float, to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.likelihood import estimate_bpd
 from ddpm.metrics.attributes import adherence_plan, adherence_rows, adherence_supported, score_adherence
-from ddpm.metrics.autoencoder import autoencoder_rows, evaluate_autoencoder
 from ddpm.metrics.classifier import (
     CLASSIFIER_DATASETS,
     classifier_features,
@@ -32,8 +32,7 @@ from ddpm.metrics.classifier import (
     load_or_train_classifier,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors, inception_fid
-from ddpm.metrics.super_res import evaluate_super_res, super_res_rows
-from ddpm.pipelines import DEFAULT_AUG_LEVEL, Refiner, bicubic_to, check_cascade, shared_options
+from ddpm.pipelines.base import kind
 from ddpm.samplers import SAMPLERS, default_steps, sample
 
 __all__ = ["bits_per_dim_dataset", "generate_samples", "sample_conditions", "evaluate_run", "report_path",
@@ -76,7 +75,7 @@ def bits_per_dim_dataset(model, diffusion: GaussianDiffusion, dataset: ImageData
 def _evaluation_set(dataset: ImageDataset | Tensor, cond: Any, n: int | None, seed: int) -> tuple[Tensor, Any]:
     """(images float32 in [-1, 1], their conditions) of the dataset, or of a random subset of n of them."""
     images = dataset.images if isinstance(dataset, ImageDataset) else dataset
-    x = to_float(images) if images.dtype == torch.uint8 else images.float()
+    x = to_float(images)
     if cond == "labels":
         cond = dataset.labels if isinstance(dataset, ImageDataset) else None
         if cond is None:
@@ -99,7 +98,7 @@ def _evaluation_set(dataset: ImageDataset | Tensor, cond: Any, n: int | None, se
 def generate_samples(loaded: LoadedRun, n: int, *, sampler: str = "ddim", steps: int | None = 50,
                      guidance: float | None = None, seed: int = 0, batch_size: int = 64,
                      options: dict[str, Any] | None = None, progress: bool = False,
-                     refine: Refiner | None = None) -> tuple[Tensor, Tensor | None, Any]:
+                     refine: Callable | None = None) -> tuple[Tensor, Tensor | None, Any]:
     """n images from a run, class-balanced (0, 1, ..., K-1, 0, 1, ...) for conditional models.
 
     steps None: the sampler's default (ddpm.samplers.default_steps); options go to the sampler (spacing,
@@ -121,10 +120,10 @@ def generate_samples(loaded: LoadedRun, n: int, *, sampler: str = "ddim", steps:
 def sample_conditions(loaded: LoadedRun, cond: Any, n: int, *, sampler: str = "ddim", steps: int | None = 50,
                       guidance: float | None = None, seed: int = 0, batch_size: int = 64,
                       options: dict[str, Any] | None = None, progress: bool = False,
-                      refine: Refiner | None = None) -> Tensor:
+                      refine: Callable | None = None) -> Tensor:
     """n images for the conditions ``cond`` (a tensor [n], n prompts, or None), in batches, one generator
     seeded ``seed`` for all: uint8 [n, C, H, W] (a latent run's samples decoded by its autoencoder; with
-    ``refine``, a cascade's base samples refined by its super-resolution stage)."""
+    ``refine(images, cond, generator)``, a later stage applied to each batch: a cascade's super-resolution)."""
     device = loaded.diffusion.betas.device
     steps = steps if steps is not None else default_steps(sampler, loaded.diffusion.T)
     gen = torch.Generator(device).manual_seed(seed)
@@ -174,8 +173,8 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
                  bpd_batch_size: int = 64, bpd_timesteps: int | None = None, sample_batch_size: int = 64,
                  seed: int = 0, device="cpu", classifier: str | os.PathLike | None = None,
                  data_root: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-                 options: dict[str, Any] | None = None, progress: bool = False, refine: Refiner | None = None,
-                 aug_levels: Sequence[float] | None = None) -> dict[str, Any]:
+                 options: dict[str, Any] | None = None, progress: bool = False, refine: Callable | None = None,
+                 extra: dict[str, Any] | None = None, stage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a trained run and write the report as JSON (default ``report_path``: <run_dir>/eval.json).
 
     bits/dim of ``bpd_images`` test images (0 to skip), with the null condition (the unconditional bound);
@@ -183,37 +182,30 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
     accuracy, Frechet distance and its real-data floor) or by Inception FID (CIFAR-10, when available); for a
     text model of digits, as many samples again for the attribute prompts ("attribute_adherence").
     guidance None means the run's config (train.guidance); options go to the sampler (see generate_samples).
-    A cascade's base is judged through its super-resolution stage ``refine`` (alone: its samples upsampled
-    bicubically); a super-resolution run by refining shrunk test digits at ``aug_levels`` (ddpm.metrics.
-    super_res), sampled as ``refine`` says if given (its own Refiner), else by the Refiner's defaults.
-    Returns the report dict (and its "path").
+    A kind with a judgement of its own (Kind.evaluation: an autoencoder, a super-resolution model, the stages of
+    unCLIP) gets that instead. ``refine``: a later stage every batch of samples goes through (a cascade's
+    super-resolution, ddpm.pipelines.cascade), judged as the finished images; ``extra``: entries added to the
+    report (what that stage was); ``stage_options``: keyword arguments for the kind's own evaluation (an unCLIP
+    decoder's prior and how each stage samples). Returns the report dict (and its "path").
     """
     start = time.perf_counter()
     _check_settings(n_samples, bpd_images, bpd_timesteps, sampler)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
-    if loaded.config.model_kind == "mlp":
+    if loaded.config.data.dataset == "toy2d":
         raise ValueError(f"{loaded.path} is a 2D toy model; evaluate works on image models")
     root = data_root if data_root is not None else loaded.config.data.root
     report = _header(loaded, seed)
     test = load_dataset(loaded.config.data.dataset, "test", root=root)
     report["bits_per_dim"] = None
-    if loaded.config.model_kind == "autoencoder":  # a first stage: its reconstructions, not samples
-        report["autoencoder"] = evaluate_autoencoder(loaded.model, test, root, n=n_samples or len(test),
-                                                     classifier=classifier, seed=seed, progress=progress)
+    hook = loaded.config.hook
+    if hook.evaluation is not None:  # the kind's own judgement (ddpm/pipelines/<system>/evaluate.py)
+        report.update(importlib.import_module(hook.evaluation).evaluate_stage(
+            loaded, test, root, n_samples=n_samples, classifier=classifier, seed=seed, batch_size=sample_batch_size,
+            progress=progress, sampler=sampler, steps=steps, guidance=guidance, options=options or {}, device=device,
+            **(stage_options or {})))
         return _write(report, out, loaded, start)
-    if loaded.config.super_res is not None:  # a cascade's second stage: on real digits, against bicubic
-        levels = list(aug_levels) if aug_levels else [DEFAULT_AUG_LEVEL]
-        refiner = refine or Refiner(loaded, levels[0], guidance=guidance, options=shared_options(options))
-        report["super_resolution"] = evaluate_super_res(refiner, test, root, n_samples or 1000, levels=levels,
-                                                        classifier=classifier, seed=seed,
-                                                        batch_size=sample_batch_size, progress=progress)
-        return _write(report, out, loaded, start)
-    if refine is not None:
-        check_cascade(loaded, refine.run)
-        report["cascade"] = {"refine": str(refine.run.path), "refine_step": refine.run.step,
-                             "aug_level": refine.aug_level, "sampler": refine.sampler, "steps": refine.steps,
-                             "guidance": refine.guidance, "options": refine.options}
-    if loaded.first_stage is not None:
+    report.update(extra or {})
+    if tuple(loaded.image_shape) != tuple(loaded.shape):  # the samples are decoded: a latent run's
         report["bits_per_dim_note"] = ("no bits/dim for a latent model: its bound is on latents, not on the "
                                        "pixels' 8-bit values")
         bpd_images = 0
@@ -258,7 +250,8 @@ def _check_settings(n_samples: int, bpd_images: int, bpd_timesteps: int | None, 
 
 
 def _header(loaded: LoadedRun, seed: int) -> dict[str, Any]:
-    return {"run": str(loaded.path), "preset": loaded.config.preset, "dataset": loaded.config.data.dataset,
+    return {"run": str(loaded.path), "preset": loaded.config.preset, "kind": loaded.config.kind,
+            "dataset": loaded.config.data.dataset,
             "step": loaded.step, "cond": loaded.cond, "device": str(loaded.diffusion.betas.device), "seed": seed,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
 
@@ -266,7 +259,7 @@ def _header(loaded: LoadedRun, seed: int) -> dict[str, Any]:
 def judge_samples(loaded: LoadedRun, test: ImageDataset, root, n: int, *, sampler: str, steps: int | None,
                   guidance: float, seed: int, batch_size: int, classifier, options: dict[str, Any] | None = None,
                   progress: bool = False, samples_out: list | None = None,
-                  refine: Refiner | None = None) -> dict[str, Any]:
+                  refine: Callable | None = None) -> dict[str, Any]:
     """Generate n samples (refined by ``refine``, a cascade's second stage); the report's "samples",
     "classifier_metrics" and "inception_fid" entries. A list ``samples_out`` receives (images, labels) of the
     samples (a cascade's base alone: upsampled bicubically to the test images' size)."""
@@ -333,13 +326,10 @@ def format_report(report: dict[str, Any]) -> str:
     rows += _bpd_rows(report.get("bits_per_dim"))
     if report.get("bits_per_dim_note"):
         rows.append(("bits/dim", report["bits_per_dim_note"]))
-    rows += autoencoder_rows(report.get("autoencoder"))
-    rows += super_res_rows(report.get("super_resolution"))
-    if report.get("cascade"):
-        c = report["cascade"]
-        g = c.get("guidance") if c.get("guidance") is not None else "the SR run's own"
-        rows.append(("cascade", f"refined by {c['refine']} (step {c['refine_step']}; {c.get('sampler')}, "
-                                f"{c.get('steps')} steps, guidance {g}), aug level {c['aug_level']:g}"))
+    evaluation = kind(report.get("kind", "ddpm")).evaluation
+    if evaluation is not None:  # the kind's own rows
+        rows += importlib.import_module(evaluation).stage_rows(report)
+    rows += [(k, str(v)) for k, v in (report.get("stage_rows") or [])]  # what a later stage was (a cascade's)
     rows += _sample_rows(report)
     rows += adherence_rows(report.get("attribute_adherence"))
     width = max(len(k) for k, _ in rows)

@@ -31,6 +31,11 @@ class MLPConfig:
         if min(self.dim, self.hidden, self.depth, self.time_dim) < 1:
             raise ValueError(f"MLPConfig sizes must be >= 1, got {self}")
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's (or one input's) shape."""
+        return (self.dim,)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclass_to_dict(self)
 

@@ -195,7 +195,7 @@ class UNet(nn.Module):
         null). In train mode each sample's condition is replaced by
         the null one with probability ``config.cond_drop_prob`` (classifier-free guidance training).
         low_res, aug_t (super-resolution U-Nets only, ``low_res_channels`` > 0): the low-res image upsampled to
-        [B, low_res_channels, H, W] and its noise-augmentation step [B] (0: clean; ddpm.pipelines.cascade).
+        [B, low_res_channels, H, W] and its noise-augmentation step [B] (0: clean; ddpm.pipelines.cascade.stage).
         """
         t = self._check_inputs(x, t)
         x, aug_emb = self._low_res_input(x, low_res, aug_t)

@@ -16,8 +16,8 @@ Presets (``UNET_PRESETS``; FLOPs = 2 x multiply-adds of one forward pass for one
   0.38 GFLOPs per image. Why this shape: docs/results.md ("The mnist U-Net").
 - ``"mnist-class"``, ``"mnist-text"``: the same with a class-label or caption conditioner (text:
   cross-attention at 7x7 as well).
-- ``"mnist-latent"``: for the 4x7x7 latents of the mnist autoencoder (ddpm.nn.autoencoder): one level at 7x7,
-  ch 64, two res blocks, attention at 7x7 and in the middle.
+- ``"mnist-latent"``: for the 4x7x7 latents of the mnist autoencoder (ddpm.pipelines.latent.autoencoder): one
+  level at 7x7, ch 64, two res blocks, attention at 7x7 and in the middle.
 - ``"mnist-14"``: the base of a cascade, 1x14x14 (14 -> 7): ch 32, ch_mult (1, 2), two res blocks per level,
   attention at 7x7 and in the middle.
 - ``"mnist-sr28"``: the super-resolution stage of a cascade, 14 -> 28: the ``"mnist"`` U-Net whose input is x_t
@@ -161,6 +161,11 @@ class UNetConfig:
         """Side length at each level, e.g. (32, 16, 8, 4) for the CIFAR-10 model."""
         return tuple(self.image_size // 2**i for i in range(len(self.ch_mult)))
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's (or one input's) shape."""
+        return (self.in_channels, self.image_size, self.image_size)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         return dataclass_to_dict(self)
@@ -196,11 +201,11 @@ UNET_PRESETS: dict[str, UNetConfig] = {
         in_channels=4, image_size=7, ch=64, ch_mult=(1,), num_res_blocks=2, attn_resolutions=(7,), dropout=0.0,
         num_groups=8,
     ),
-    # a cascade (ddpm.pipelines.cascade): the base at 14x14 (two levels, 14 -> 7), and the super-resolution
+    # a cascade (ddpm.pipelines.cascade.stage): the base at 14x14 (two levels, 14 -> 7), and the super-resolution
     # 14 -> 28 model, the mnist U-Net with the upsampled low-res digit as a second input channel
     "mnist-14": dataclasses.replace(_MNIST, image_size=14, ch_mult=(1, 2), num_res_blocks=2),
     "mnist-sr28": dataclasses.replace(_MNIST, low_res_channels=1),
-    # unCLIP's decoder (ddpm.pipelines.unclip): the mnist U-Net conditioned on a 64-d CLIP image embedding, in the
+    # unCLIP's decoder (ddpm.pipelines.unclip.stage): the mnist U-Net conditioned on a 64-d CLIP image embedding, in the
     # time embedding and as 4 tokens for cross-attention at 7x7
     "mnist-decoder": dataclasses.replace(_MNIST, cond="embedding", embed_dim=64, embed_tokens=4,
                                          cross_attn_resolutions=(7,)),

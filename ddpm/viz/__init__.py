@@ -6,8 +6,7 @@
     reverse   reverse_trajectory (a list of ddpm.samplers.Step), x_t beside predicted x_0, the GIF
     losses    training curves, the loss at each timestep, the terms of the bound
     toys      2D point clouds: forward, particle paths, the learned eps field
-    unclip    matrices (CLIP similarities, zero-shot confusion) and embeddings projected to 2-D
-    latent    latent diffusion: latents beside digits, their histogram and scale, forward and reverse in latent space
+    matrix    a matrix with its values (CLIP similarities, zero-shot confusion)
 
 Only matplotlib's object API (``matplotlib.figure.Figure``), never pyplot's global state, so the same
 code draws from scripts, tests and notebooks. Conventions:
@@ -32,26 +31,15 @@ from ddpm.viz.forward import (
     plot_small_T_pitfall,
 )
 from ddpm.viz.grids import class_grid, make_grid, plot_image_table, plot_images, save_grid, save_panels
-from ddpm.viz.latent import (
-    decode_steps,
-    latent_channels,
-    plot_interpolation,
-    plot_latent_forward,
-    plot_latent_histogram,
-    plot_latent_trajectory,
-    plot_latents,
-)
 from ddpm.viz.losses import loss_profile, plot_loss_by_t, plot_loss_curve, plot_loss_profile, plot_vlb_terms
+from ddpm.viz.matrix import plot_matrix
 from ddpm.viz.network import plot_timestep_embedding, plot_unet_shapes, trace_shapes
 from ddpm.viz.quality import plot_quality_vs_calls
-from ddpm.viz.reverse import Frame, plot_reverse_trajectory, reverse_trajectory, save_reverse_animation
+from ddpm.viz.reverse import Frame, decode_steps, plot_reverse_trajectory, reverse_trajectory, save_reverse_animation
 from ddpm.viz.toys import plot_points, plot_score_field, plot_toy_forward, plot_toy_reverse
-from ddpm.viz.unclip import pca_2d, plot_embedding_projection, plot_matrix
 
 __all__ = [
     "plot_matrix",
-    "pca_2d",
-    "plot_embedding_projection",
     "make_grid",
     "save_grid", "save_panels",
     "plot_quality_vs_calls",
@@ -81,11 +69,5 @@ __all__ = [
     "plot_toy_forward",
     "plot_toy_reverse",
     "plot_score_field",
-    "latent_channels",
     "decode_steps",
-    "plot_latent_trajectory",
-    "plot_latents",
-    "plot_latent_histogram",
-    "plot_latent_forward",
-    "plot_interpolation",
 ]

@@ -36,7 +36,7 @@ def _finish(fig: Figure, path: PathLike | None, dpi: int = 110) -> Figure | Path
 def _as_float(images: Tensor) -> Tensor:
     """uint8 images -> float in [-1, 1]; float images unchanged (detached, on the CPU)."""
     images = images.detach().cpu()
-    return to_float(images) if images.dtype == torch.uint8 else images.float()
+    return to_float(images)
 
 
 def _check_images(images: Tensor, what: str, dims: int = 4) -> None:
@@ -130,7 +130,7 @@ def save_panels(panels: Sequence[Tensor], path: PathLike, nrow: int = 8, titles:
         raise ValueError("save_panels needs at least one panel")
     size = max(p.shape[-1] for p in panels)
     grids = [make_grid(p if p.shape[-1] == size else torch.nn.functional.interpolate(
-        p.float() if p.dtype != torch.uint8 else to_float(p), size=(size, size), mode="nearest"), nrow)
+        to_float(p), size=(size, size), mode="nearest"), nrow)
         for p in panels]
     h, c = grids[0].shape[0], grids[0].shape[2]
     top = 14 if titles else 0

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from ddpm._util import check_mode
 from ddpm.diffusion import GaussianDiffusion
@@ -122,3 +123,8 @@ def save_reverse_animation(steps: Sequence[Step], path: PathLike, nrow: int = 8,
     path.parent.mkdir(parents=True, exist_ok=True)
     anim.save(str(path), writer=PillowWriter(fps=fps), dpi=dpi)
     return path
+
+
+def decode_steps(steps: Sequence[Step], decode: Callable[[Tensor], Tensor]) -> list[Step]:
+    """A latent trajectory with x_t, pred_x0 and x_prev decoded to images (for GIFs and grids)."""
+    return [Step(s.t, decode(s.x_t).cpu(), decode(s.pred_x0).cpu(), decode(s.x_prev).cpu()) for s in steps]

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from ddpm.checkpoints import load_run
 from ddpm.conditions import balanced_labels
 from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset, to_float
-from ddpm.metrics.super_res import SampleJudge
-from ddpm.metrics.unclip import generate
-from ddpm.pipelines.unclip import Stage, Unclip
+from ddpm.metrics.judge import SampleJudge
+from ddpm.pipelines.unclip.evaluate import generate
+from ddpm.pipelines.unclip.stage import DECODER_SAMPLING, Unclip
 
 
 def speckle(images: torch.Tensor) -> float:
@@ -35,7 +35,8 @@ def main(configs, n: int = 500) -> None:
     print(f"real test digits: speckle {speckle(test.images[:n]):.4f}, Frechet floor {judge.floor:.2f}", flush=True)
     for sampler, steps, guidance, options in configs:
         t0 = time.time()
-        images = generate(Unclip(Stage(prior), Stage(decoder, sampler, steps, guidance, options)), prompts, 0)
+        sampling = DECODER_SAMPLING.override(sampler, steps, guidance, options)
+        images = generate(Unclip(prior, decoder, None, sampling), prompts, 0)
         r = judge(images, labels)
         print(f"{sampler} {steps} {options} guidance {guidance}: accuracy {r['accuracy']:.3f}, Frechet "
               f"{r['frechet']:.2f} ({r['frechet_ratio']:.2f}x), speckle {speckle(images):.4f} "

@@ -11,9 +11,9 @@ import torch
 
 from ddpm.checkpoints import load_run
 from ddpm.datasets import load_dataset
-from ddpm.metrics.super_res import SampleJudge
-from ddpm.metrics.unclip import evaluate_variations
-from ddpm.pipelines.unclip import Stage, Unclip
+from ddpm.metrics.judge import SampleJudge
+from ddpm.pipelines.unclip.evaluate import evaluate_variations
+from ddpm.pipelines.unclip.stage import Unclip
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
@@ -22,6 +22,6 @@ if __name__ == "__main__":
     judge = SampleJudge("mnist", test, None, None, 800, 0, False)
     for guidance in (float(g) for g in sys.argv[1].split(",")):
         t0 = time.time()
-        r = evaluate_variations(Unclip(Stage(prior), Stage(decoder, guidance=guidance)), test, judge=judge)
+        r = evaluate_variations(Unclip(prior, decoder, variations_guidance=guidance), test, judge=judge)
         print(f"guidance {guidance}: keep {r['keep_class']:.4f}, diversity {r['diversity']:.2f}, distance to the "
               f"source {r['distance_to_source']:.2f} ({time.time() - t0:.0f} s)", flush=True)

@@ -11,8 +11,8 @@ import torch
 
 from ddpm.checkpoints import load_run
 from ddpm.datasets import load_dataset
-from ddpm.metrics.unclip import evaluate_text_to_image
-from ddpm.pipelines.unclip import Stage, Unclip
+from ddpm.pipelines.unclip.evaluate import evaluate_text_to_image
+from ddpm.pipelines.unclip.stage import DECODER_SAMPLING, Unclip
 
 
 class TextEmbeddingOnly(Unclip):
@@ -25,8 +25,8 @@ class TextEmbeddingOnly(Unclip):
 if __name__ == "__main__":
     torch.set_num_threads(2)
     guidance = float(sys.argv[1])
-    unclip = TextEmbeddingOnly(Stage(load_run("runs/mnist-prior")), Stage(load_run("runs/mnist-decoder"),
-                                                                         guidance=guidance))
+    unclip = TextEmbeddingOnly(load_run("runs/mnist-prior"), load_run("runs/mnist-decoder"), None,
+                               DECODER_SAMPLING.override(guidance=guidance))
     r = evaluate_text_to_image(unclip, load_dataset("mnist", "test"), n=1000, seed=0)
     a = r["attribute_adherence"]
     print(json.dumps({"guidance": guidance, "accuracy": r["accuracy"], "frechet": r["frechet"],

@@ -24,7 +24,7 @@ from ddpm.samplers import Step
 from ddpm.viz.grids import PathLike, _finish, plot_image_table
 from ddpm.viz.reverse import _step_label
 
-__all__ = ["latent_channels", "decode_steps", "plot_latent_trajectory", "plot_latents", "plot_latent_histogram",
+__all__ = ["latent_channels", "plot_latent_trajectory", "plot_latents", "plot_latent_histogram",
            "plot_latent_forward", "plot_interpolation", "LATENT_RANGE"]
 
 LATENT_RANGE = 3.0  # a latent value of +-3 is drawn white/black
@@ -34,11 +34,6 @@ def latent_channels(z: Tensor, size: int) -> Tensor:
     """Latents [B, c, h, w] as c gray images each [B, c, 1, size, size] in [-1, 1] (value / LATENT_RANGE)."""
     up = F.interpolate(z.detach().float().cpu(), size=(size, size), mode="nearest")
     return (up / LATENT_RANGE).clamp(-1, 1).unsqueeze(2)
-
-
-def decode_steps(steps: Sequence[Step], decode: Callable[[Tensor], Tensor]) -> list[Step]:
-    """A latent trajectory with x_t, pred_x0 and x_prev decoded to images (for GIFs and grids)."""
-    return [Step(s.t, decode(s.x_t).cpu(), decode(s.pred_x0).cpu(), decode(s.x_prev).cpu()) for s in steps]
 
 
 @torch.no_grad()

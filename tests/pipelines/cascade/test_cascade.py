@@ -2,7 +2,8 @@
 inputs, guidance with a fixed low-res image, and the two stages composed by the same trainer, samplers,
 checkpoints and CLI (tiny networks, a few steps)."""
 
-import contextlib
+import argparse
+import dataclasses
 import json
 
 import pytest
@@ -12,20 +13,24 @@ from PIL import Image
 from ddpm.checkpoints import build_diffusion, export_model, load_run
 from ddpm.cli import main
 from ddpm.config import Config
-from ddpm.datasets import ImageDataset, area_downsample, shrink, to_float
-from ddpm.metrics.autoencoder import psnr
+from ddpm.datasets import ImageDataset, area_downsample, bicubic_to, load_dataset, shrink, to_float, upsample
+from ddpm.metrics.judge import psnr
 from ddpm.nn.unet import UNet, UNetConfig
-from ddpm.pipelines.cascade import (
+from ddpm.pipelines.base import Sampling
+from ddpm.pipelines.cascade.cli import load_refiner
+from ddpm.pipelines.cascade.evaluate import evaluate_super_res
+from ddpm.pipelines.cascade.stage import (
+    DEFAULT_AUG_LEVEL,
+    REFINE_SAMPLING,
     Refiner,
+    SuperResConfig,
     WithLowRes,
     aug_steps,
-    bicubic_to,
     check_cascade,
     low_res_input,
     noise_augment,
     shared_options,
     training_model,
-    upsample,
 )
 from ddpm.presets import get_preset
 from ddpm.samplers import guided
@@ -70,7 +75,7 @@ def test_shrinking_averages_each_block_and_keeps_labels_and_attributes():
 
 
 def test_speckle_counts_bright_pixels_far_from_the_low_res_strokes(digits):
-    from ddpm.metrics.super_res import speckle
+    from ddpm.metrics.judge import speckle
     x = digits.images[:16]
     upsampled = bicubic_to(shrink(digits.subset(slice(0, 16)), 14).images, 28)
     assert speckle(x, upsampled) == 0.0  # real digits have no ink far from their own strokes
@@ -103,9 +108,9 @@ def test_training_draws_levels_up_to_aug_max_and_none_without_augmentation():
     diffusion = build_diffusion(config)
     x0 = torch.rand(256, 1, 28, 28) * 2 - 1
     torch.manual_seed(0)
-    model = training_model(None, diffusion, x0, config.super_res)
+    model = training_model(None, diffusion, x0, config.stage)
     assert 0 <= model.aug_s.min() and model.aug_s.max() <= 500 and model.aug_s.float().mean() > 150
-    off = training_model(None, diffusion, x0, config.replace(aug_max=0.0).super_res)
+    off = training_model(None, diffusion, x0, config.replace(aug_max=0.0).stage)
     assert (off.aug_s == 0).all() and torch.equal(off.low_res, low_res_input(x0, 14))
 
 
@@ -139,7 +144,8 @@ def test_guidance_keeps_the_low_res_image_in_both_calls_stacked_or_not():
 
 def test_a_super_resolution_config_needs_both_halves_and_round_trips():
     config = get_preset("mnist-sr28")
-    assert Config.from_dict(config.to_dict()) == config and config.super_res.aug_max == 0.5
+    assert Config.from_dict(config.to_dict()) == config and config.stage.aug_max == 0.5
+    assert config.kind == "super-res" and isinstance(config.stage, SuperResConfig)
     assert get_preset("mnist-base14").data.image_size == 14
     with pytest.raises(ValueError, match="low_res_channels"):
         config.replace(low_res_channels=0)
@@ -158,7 +164,8 @@ def test_a_tiny_sr_model_learns_to_beat_bicubic(tmp_path, digits):
     trainer.fit(final_samples=False)
     run = load_run(tmp_path / "sr")
     x = to_float(few.images)
-    refined = Refiner(run, aug_level=0.0, sampler="ddim", steps=10, guidance=1.0)(
+    sampling = Sampling("ddim", 10, 1.0, {"eta": 1.0})  # the SR stage's DDIM: stochastic (eta 1)
+    refined = Refiner(run, aug_level=0.0, sampling=sampling)(
         area_downsample(x, 14), few.labels, torch.Generator().manual_seed(0))
     ours = psnr(((refined + 1) * 127.5).round().to(torch.uint8), few.images).mean()
     bicubic = psnr(bicubic_to(shrink(few, 14).images, 28), few.images).mean()
@@ -174,57 +181,87 @@ def test_the_cascade_composes_two_runs_and_refuses_pairs_that_do_not_fit(runs):
     with pytest.raises(ValueError, match="not a super-resolution model"):
         Refiner(base)
     # the SR stage samples stochastically by default (DDIM, eta 1); a deterministic sampler gets no eta
-    assert (Refiner(sr).sampler, Refiner(sr).options) == ("ddim", {"eta": 1.0})
-    assert Refiner(sr, sampler="dpmpp-2m").options == {} and Refiner(sr, options={"eta": 0.0}).options["eta"] == 0
+    assert (Refiner(sr).sampling.sampler, Refiner(sr).sampling.options) == ("ddim", {"eta": 1.0})
+    assert Refiner(sr).sampling == REFINE_SAMPLING
+    flags = dict(sr=str(sr_path), sr_steps=None, sr_guidance=None, guidance=None)
+    assert load_refiner(argparse.Namespace(sr_sampler=None, **flags), "cpu", {}, 0.1).sampling.options == {"eta": 1.0}
+    assert load_refiner(argparse.Namespace(sr_sampler="dpmpp-2m", **flags), "cpu", {}, 0.1).sampling.options == {}
+    assert Refiner(sr, sampling=REFINE_SAMPLING.with_options(eta=0.0)).sampling.options["eta"] == 0
     # the base's threshold, spacing and precision pass to the SR stage; a sampler's own options do not
     assert shared_options({"threshold": "dynamic", "eta": 0.0, "spacing": "lambda", "precision": None}) == {
         "threshold": "dynamic", "spacing": "lambda"}
     low = upsample(torch.zeros(2, 1, 7, 7), 14)
-    refined = Refiner(sr, steps=3)(low, ["a thick seven", "a thin two"], torch.Generator().manual_seed(0))
+    three = dataclasses.replace(REFINE_SAMPLING, steps=3)
+    refined = Refiner(sr, sampling=three)(low, ["a thick seven", "a thin two"], torch.Generator().manual_seed(0))
     assert refined.shape == (2, 1, 28, 28)
     with pytest.raises(ValueError, match="refines 14x14"):
-        Refiner(sr, steps=3)(torch.zeros(2, 1, 28, 28), None)
+        Refiner(sr, sampling=three)(torch.zeros(2, 1, 28, 28), None)
 
 
 def test_the_cli_samples_refines_and_evaluates_a_cascade(tmp_path, runs, capsys):
     base, sr = (str(p) for p in runs)
     out = tmp_path / "cascade.png"
-    assert main(["sample", "--run", base, "--refine", sr, "--prompt", "a thick seven", "--n", "4", "--steps", "3",
+    assert main(["cascade", "--base", base, "--sr", sr, "--prompt", "a thick seven", "--n", "4", "--steps", "3",
                  "--threshold", "dynamic", "--out", str(out)]) == 0  # Imagen's thresholding, in both stages
     assert Image.open(out).size[0] > 2 * 4 * 28 * 2  # two panels of four 28x28 cells, scaled 2x
-    assert main(["sample", "--refine", sr, "--from-test", "--n", "4", "--steps", "2", "--aug-level", "0.3",
+    assert main(["cascade", "--sr", sr, "--from-test", "--n", "4", "--sr-steps", "2", "--aug-level", "0.3",
                  "--out", str(tmp_path / "test.png")]) == 0
     assert "aug level 0.3" in capsys.readouterr().out and (tmp_path / "test.png").exists()
-    assert main(["evaluate", "--run", sr, "--n-samples", "20", "--steps", "2", "--aug-level", "0,0.5",
-                 "--no-progress", "--out", str(tmp_path / "sr.json")]) == 0
+    # evaluate --run on an SR run judges it alone, on real digits shrunk, at the default level
+    assert main(["evaluate", "--run", sr, "--n-samples", "20", "--no-progress",
+                 "--out", str(tmp_path / "sr.json")]) == 0
     report = json.loads((tmp_path / "sr.json").read_text())["super_resolution"]
-    assert [row["aug_level"] for row in report["refined"]] == [0.0, 0.5]
+    assert [row["aug_level"] for row in report["refined"]] == [DEFAULT_AUG_LEVEL]
     assert report["bicubic"]["psnr"] > 10 and report["originals"]["accuracy"] > 0.8
     assert all(0 <= row["speckle"] <= 1 for row in report["refined"])
-    assert main(["evaluate", "--run", base, "--refine", sr, "--aug-level", "0,0.3", "--n-samples", "20", "--steps",
-                 "2", "--no-progress", "--out", str(tmp_path / "sweep.json")]) == 0
+    # several levels of the same refiner, one row each
+    refiner = Refiner(load_run(sr), sampling=dataclasses.replace(REFINE_SAMPLING, steps=2))
+    report = evaluate_super_res(refiner, load_dataset("mnist", "test"), n=20, levels=[0.0, 0.5])
+    assert [row["aug_level"] for row in report["refined"]] == [0.0, 0.5]
+    assert all(0 <= row["speckle"] <= 1 for row in report["refined"])
+    # the cascade behind its base: several levels are a sweep, one level an evaluate report with "cascade"
+    assert main(["cascade", "--evaluate", "--base", base, "--sr", sr, "--aug-level", "0,0.3", "--n", "20",
+                 "--steps", "2", "--out", str(tmp_path / "sweep.json")]) == 0
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert [row["aug_level"] for row in rows] == ["bicubic", 0.0, 0.3]
+    assert main(["cascade", "--evaluate", "--base", base, "--sr", sr, "--aug-level", "0.3", "--n", "20",
+                 "--steps", "2", "--sr-steps", "2", "--out", str(tmp_path / "one.json")]) == 0
+    report = json.loads((tmp_path / "one.json").read_text())
+    assert report["cascade"]["aug_level"] == 0.3 and report["cascade"]["steps"] == 2
+    # the base's samples refined, so judged at 28x28 (no note on upsampling them bicubically)
+    assert report["preset"] == "mnist-base14" and "note" not in report["samples"]
     assert main(["visualize", "unet", "--run", sr, "--out-dir", str(tmp_path / "figs")]) == 0  # its extra inputs
     assert (tmp_path / "figs" / "unet_mnist-sr28.png").exists()
 
 
 def test_cascade_flags_fail_in_one_line(tmp_path, runs, capsys):
     base, sr = (str(p) for p in runs)
-    cases = [(["sample", "--run", base, "--from-test"], "add --refine"),
-             (["sample", "--run", sr, "--refine", sr, "--n", "2"], "is a super-resolution model"),
-             (["visualize", "reverse", "--run", sr], "sample --refine"),
-             (["sample", "--run", base, "--refine", base, "--n", "2"], "not a super-resolution model"),
-             (["sample", "--refine", sr, "--from-test", "--prompt", "a seven"], "drop --run, --prompt"),
-             (["sample", "--refine", sr, "--aug-level", "2"], "in [0, 1]"),
-             (["train", "--preset", "mnist", "--aug-max", "0"], "super-resolution preset")]
+    cases = [(["cascade", "--base", base, "--from-test"], "drop --base"),
+             (["sample", "--run", sr, "--n", "2"], "is a super-resolution model"),
+             (["cascade", "--base", sr, "--sr", sr, "--n", "2"], "use a base trained with --preset mnist-base14"),
+             (["visualize", "reverse", "--run", sr], "cascade --sr"),
+             (["cascade", "--base", base, "--sr", base, "--n", "2"], "not a super-resolution model"),
+             (["cascade", "--sr", sr, "--from-test", "--prompt", "a seven"], "drop --base, --prompt"),
+             (["cascade", "--sr", sr, "--aug-level", "0,0.3"], "compared by --evaluate"),
+             (["cascade", "--sr", sr, "--aug-level", "2"], "in [0, 1]"),
+             (["train", "--preset", "mnist", "--aug-max", "0"], "a preset that has it (mnist-sr28)"),
+             # the spellings of one release ago name the new command
+             (["sample", "--run", base, "--refine", sr, "--n", "2"], "sample --refine has moved: use python -m ddpm "
+                                                                     "cascade"),
+             (["sample", "--refine", "--from-test"], "use python -m ddpm cascade"),
+             (["evaluate", "--run", base, "--refine", sr, "--aug-level", "0,0.1"],
+              "evaluate --refine has moved: use python -m ddpm cascade --evaluate")]
     for args, message in cases:
-        with pytest.raises(SystemExit) if "--aug-level" in args else contextlib.nullcontext():
+        parse_error = args[-2:] == ["--aug-level", "2"]  # argparse's: it exits
+        if parse_error:
+            with pytest.raises(SystemExit) as exit_info:
+                main(args)
+            code = exit_info.value.code
+        else:
             code = main(args)
         err = capsys.readouterr().err.strip()
         assert message in err and "Traceback" not in err and "\n" not in err, (args, err)
-        if "--aug-level" not in args:
-            assert code == 2
+        assert code == 2, (args, code)
 
 
 def test_an_exported_base_is_evaluated_on_its_own_through_bicubic(tmp_path, runs):

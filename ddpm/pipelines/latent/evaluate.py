@@ -18,9 +18,10 @@ import torch
 
 from ddpm.datasets import ImageDataset, to_uint8
 from ddpm.metrics.classifier import classifier_features, load_or_train_classifier
-from ddpm.nn.autoencoder import Autoencoder, encode_moments, sample_posterior
+from ddpm.metrics.judge import mean_psnr
+from ddpm.pipelines.latent.autoencoder import Autoencoder, encode_moments, sample_posterior
 
-__all__ = ["evaluate_autoencoder", "reconstruct", "psnr", "mean_psnr", "autoencoder_rows"]
+__all__ = ["evaluate_autoencoder", "reconstruct", "autoencoder_rows", "evaluate_stage", "stage_rows"]
 
 
 @torch.no_grad()
@@ -31,18 +32,6 @@ def reconstruct(ae: Autoencoder, images: torch.Tensor, batch_size: int = 500,
     moments = moments if moments is not None else encode_moments(ae, images, batch_size)
     mean = moments[:, :ae.config.latent_channels].to(ae.latent_scale.device)
     return torch.cat([to_uint8(ae.decode(mean[lo:lo + batch_size])).cpu() for lo in range(0, len(mean), batch_size)])
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of uint8 images (peak 255, i.e. 1 for values in [0, 1]); inf for identical images."""
-    mse = (a.double() - b.double()).square().flatten(1).mean(1) / 255.0**2
-    return 10 * torch.log10(1.0 / mse)
-
-
-def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The mean of ``psnr`` over the images that differ (identical ones have an infinite PSNR); inf if none do."""
-    p = psnr(a, b)
-    return float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf")
 
 
 def evaluate_autoencoder(ae: Autoencoder, test: ImageDataset, root=None, n: int = 1000, *, classifier=None,
@@ -102,3 +91,13 @@ def autoencoder_rows(report: dict[str, Any] | None) -> list[tuple[str, str]]:
     elif c:
         rows.append(("classifier", c.get("message", "n/a")))
     return rows
+
+
+def evaluate_stage(loaded, test, root, *, n_samples: int, classifier, seed: int, progress: bool, **_) -> dict[str, Any]:
+    """evaluate --run on an autoencoder: its reconstructions of n_samples test images (0: all), not samples."""
+    return {"autoencoder": evaluate_autoencoder(loaded.model, test, root, n=n_samples or len(test),
+                                                classifier=classifier, seed=seed, progress=progress)}
+
+
+def stage_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    return autoencoder_rows(report.get("autoencoder"))

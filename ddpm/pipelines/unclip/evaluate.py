@@ -1,4 +1,4 @@
-"""How good each part of unCLIP is (ddpm.pipelines.unclip), and the whole.
+"""How good each part of unCLIP is (ddpm.pipelines.unclip.stage), and the whole.
 
     evaluate_clip(clip, test)          zero-shot classification of the test set with the ten class prompts (the
                                        canonical one, and the mean of every template's embedding: CLIP's prompt
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddpm.checkpoints import LoadedRun
+from ddpm.checkpoints import LoadedRun, find_run, load_run
 from ddpm.conditions import balanced_labels
 from ddpm.datasets import (
     MNIST_LABEL_NAMES,
@@ -32,7 +32,6 @@ from ddpm.datasets import (
     caption_templates,
     captions_for,
     class_prompts,
-    load_dataset,
     mnist_edges,
     to_float,
     to_uint8,
@@ -40,13 +39,14 @@ from ddpm.datasets import (
 )
 from ddpm.metrics.attributes import adherence_plan, adherence_rows, score_adherence
 from ddpm.metrics.classifier import classifier_features
-from ddpm.metrics.super_res import SampleJudge
-from ddpm.nn.clip import Clip
-from ddpm.pipelines.unclip import Stage, Unclip, for_variations, zero_shot_logits
-from ddpm.samplers import sample
+from ddpm.metrics.judge import SampleJudge
+from ddpm.pipelines.base import Sampling
+from ddpm.pipelines.unclip.clip import Clip
+from ddpm.pipelines.unclip.stage import PRIOR_SAMPLING, Unclip, zero_shot_logits
 
-__all__ = ["evaluate_unclip_run", "evaluate_clip", "evaluate_prior", "evaluate_text_to_image", "evaluate_variations",
-           "class_text_embeddings",           "zero_shot_predictions", "retrieval", "pairwise_diversity", "unclip_rows"]
+__all__ = ["evaluate_stage", "stage_rows", "evaluate_clip", "evaluate_prior", "evaluate_text_to_image",
+           "evaluate_variations", "class_text_embeddings", "zero_shot_predictions", "retrieval",
+           "pairwise_diversity", "unclip_rows"]
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def class_text_embeddings(clip: Clip, label_names=MNIST_LABEL_NAMES, dataset: st
 def image_embeddings(clip: Clip, images: Tensor, batch_size: int = 1000) -> Tensor:
     """uint8 (or [-1, 1]) images [N, C, H, W] -> unit CLIP image embeddings [N, D], in batches."""
     device = clip.log_logit_scale.device
-    out = [clip.encode_image((to_float(x) if x.dtype == torch.uint8 else x).to(device)).cpu()
+    out = [clip.encode_image(to_float(x).to(device)).cpu()
            for x in images.split(batch_size)]
     return torch.cat(out)
 
@@ -122,17 +122,23 @@ def evaluate_clip(clip: Clip, test: ImageDataset, root=None, n_retrieval: int = 
 
 
 @torch.no_grad()
-def evaluate_prior(prior: Stage, test: ImageDataset, root=None, n: int = 1000, seed: int = 0,
-                   batch_size: int = 250) -> dict[str, Any]:
-    """The report's "prior" entry: n test digits' captions (attribute captions, as in training) through the prior."""
+def _settings(s: Sampling) -> dict[str, Any]:
+    return {"sampler": s.sampler, "steps": s.steps, "guidance": s.guidance, "options": dict(s.options)}
+
+
+def evaluate_prior(prior: LoadedRun, test: ImageDataset, root=None, n: int = 1000, seed: int = 0,
+                   batch_size: int = 250, sampling: Sampling | None = None) -> dict[str, Any]:
+    """The report's "prior" entry: n test digits' captions (attribute captions, as in training) through the prior
+    (sampled as ``sampling`` says, else PRIOR_SAMPLING)."""
+    sampling = sampling or PRIOR_SAMPLING
     t0 = time.perf_counter()
     pick = _test_subset(test, n, seed)
     labels = test.labels[pick]
     captions = _captions(test, pick, root, seed)
-    clip = prior.run.clip
+    clip = prior.frozen
     gen = torch.Generator(clip.log_logit_scale.device).manual_seed(seed)
     text = clip.encode_text(captions)
-    sampled = torch.cat([prior(text[i:i + batch_size], gen).cpu()
+    sampled = torch.cat([prior.sample(text[i:i + batch_size], None, sampling, gen).cpu()
                          for i in range(0, len(captions), batch_size)])
     every = image_embeddings(clip, test.images)  # partners come from the whole test set
     true = every[pick]
@@ -142,7 +148,7 @@ def evaluate_prior(prior: Stage, test: ImageDataset, root=None, n: int = 1000, s
     same = every[torch.stack([_partner(test.labels, int(i), g, same=True) for i in pick])]
     cos = lambda a, b: float((a * b).sum(-1).mean())  # noqa: E731 (unit vectors)
     zs = zero_shot_logits(sampled, class_text_embeddings(clip).cpu()).argmax(-1)
-    return {"n": n, **prior.settings(),
+    return {"n": n, **_settings(sampling),
             "matched": cos(sampled, true), "same_class": cos(sampled, same), "mismatched": cos(sampled, other),
             "text_embedding_matched": cos(text, true), "text_embedding_mismatched": cos(text, other),
             "real_same_class": cos(true, same), "real_mismatched": cos(true, other),
@@ -212,7 +218,8 @@ def evaluate_variations(unclip: Unclip, test: ImageDataset, root=None, n_sources
     each = labels.repeat_interleave(per)
     feats, logits = classifier_features(judge.clf, variations)
     src_feats = classifier_features(judge.clf, test.images[pick])[0].repeat_interleave(per, 0)
-    report = {"n_sources": n_sources, "per_source": per, "decoder": for_variations(unclip.decoder).settings(),
+    report = {"n_sources": n_sources, "per_source": per, "decoder": {**_settings(unclip.decoder_sampling),
+                                                                      "guidance": unclip.variations_guidance},
               "keep_class": float((logits.argmax(1) == each).double().mean()),
               "diversity": pairwise_diversity(feats, n_sources),
               "distance_to_source": float((feats - src_feats).norm(dim=1).mean())}
@@ -223,9 +230,7 @@ def evaluate_variations(unclip: Unclip, test: ImageDataset, root=None, n_sources
     if class_run is not None:
         device = class_run.diffusion.betas.device
         cg = torch.Generator(device).manual_seed(seed)
-        samples = torch.cat([to_uint8(sample(class_run.model, class_run.diffusion, (len(c), *class_run.shape),
-                                             c.to(device), sampler="dpmpp-2m", steps=15, generator=cg, device=device,
-                                             guidance_scale=class_run.config.train.guidance)).cpu()
+        samples = torch.cat([to_uint8(class_run.sample(c.to(device), None, Sampling("dpmpp-2m", 15), cg)).cpu()
                              for c in each.split(80)])
         f, lg = classifier_features(judge.clf, samples)
         report["class_model"] = {"run": str(class_run.path), "guidance": class_run.config.train.guidance,
@@ -269,28 +274,34 @@ def unclip_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def evaluate_unclip_run(stage: LoadedRun, *, prior: Stage | None = None, class_run: LoadedRun | None = None,
-                        n_samples: int = 1000, decoder: Stage | None = None, classifier=None, data_root=None,
-                        seed: int = 0, batch_size: int = 100, progress: bool = False) -> dict[str, Any]:
-    """The report of a CLIP ("clip"), a prior ("prior", sampled as ``prior`` says, else by the Stage defaults) or a
-    decoder ("text_to_image" through ``prior`` and "variations" beside ``class_run``); not yet written to disk."""
-    t0 = time.perf_counter()
-    root = data_root if data_root is not None else stage.config.data.root
-    test = load_dataset(stage.config.data.dataset, "test", root=root)
-    report = {"run": str(stage.path), "preset": stage.config.preset, "step": stage.step, "seed": seed,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
-    if stage.config.model_kind == "clip":
-        report["clip"] = evaluate_clip(stage.model, test, root, n_retrieval=n_samples or 1000, seed=seed)
-    elif stage.config.model_kind == "prior":
-        report["prior"] = evaluate_prior(prior or Stage(stage), test, root, n=n_samples or 1000, seed=seed)
-    else:
-        unclip = Unclip(prior, decoder or Stage(stage))
-        report["unclip"] = unclip.describe()
-        judge = SampleJudge("mnist", test, root, classifier, n_samples or 800, seed, progress)
-        if n_samples:
-            report["text_to_image"] = evaluate_text_to_image(unclip, test, root, n_samples, seed=seed,
-                                                             batch_size=batch_size, progress=progress, judge=judge)
-        report["variations"] = evaluate_variations(unclip, test, root, class_run=class_run, seed=seed,
-                                                   progress=progress, judge=judge)
-    report["seconds"] = round(time.perf_counter() - t0, 1)
+def evaluate_stage(loaded: LoadedRun, test: ImageDataset, root, *, n_samples: int, classifier, seed: int,
+                   batch_size: int, progress: bool, device="cpu", prior: LoadedRun | None = None,
+                   class_run: LoadedRun | None = None, prior_sampling: Sampling | None = None,
+                   decoder_sampling: Sampling | None = None, sampler: str | None = None,
+                   steps: int | None = None, guidance: float | None = None, options: dict[str, Any] | None = None,
+                   **_) -> dict[str, Any]:
+    """The report entries of a CLIP ("clip"), a prior ("prior") or a decoder ("text_to_image" through ``prior``,
+    default runs/mnist-prior else the shipped one, and "variations" beside ``class_run``, default runs/mnist
+    else the shipped mnist.pt)."""
+    batch_size = max(batch_size, 100)
+    if loaded.config.kind == "clip":
+        return {"clip": evaluate_clip(loaded.model, test, root, n_retrieval=n_samples or 1000, seed=seed)}
+    if loaded.config.kind == "prior":
+        # evaluate --sampler/--steps/--guidance on the prior's defaults
+        prior_sampling = prior_sampling or PRIOR_SAMPLING.override(sampler, steps, guidance, options)
+        return {"prior": evaluate_prior(loaded, test, root, n=n_samples or 1000, seed=seed, sampling=prior_sampling)}
+    prior = prior or load_run(find_run(None, "runs/mnist-prior", "mnist-prior"), device=device)
+    class_run = class_run or load_run(find_run(None, "runs/mnist", "mnist"), device=device)
+    unclip = Unclip(prior, loaded, prior_sampling, decoder_sampling)
+    report: dict[str, Any] = {"unclip": unclip.describe()}
+    judge = SampleJudge("mnist", test, root, classifier, n_samples or 800, seed, progress)
+    if n_samples:
+        report["text_to_image"] = evaluate_text_to_image(unclip, test, root, n_samples, seed=seed,
+                                                         batch_size=batch_size, progress=progress, judge=judge)
+    report["variations"] = evaluate_variations(unclip, test, root, class_run=class_run, seed=seed,
+                                               progress=progress, judge=judge)
     return report
+
+
+def stage_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    return unclip_rows(report)

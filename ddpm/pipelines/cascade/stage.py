@@ -19,7 +19,9 @@ the low-res image is part of the model's input (``WithLowRes``), the same in the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,33 +29,42 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddpm.checkpoints import LoadedRun
-from ddpm.config import SuperResConfig
-from ddpm.datasets import area_downsample, to_float, to_uint8
+from ddpm.conditions import condition_for_labels
+from ddpm.datasets import area_downsample, bicubic_to, to_float, upsample
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers import default_steps, sample
+from ddpm.pipelines.base import GridInputs, Kind, Sampling
+from ddpm.viz import save_grid
 
-__all__ = ["REFINE_SAMPLER", "REFINE_STEPS", "REFINE_ETA", "upsample", "bicubic_to", "low_res_input", "aug_steps",
-           "noise_augment", "WithLowRes", "training_model",
-           "Refiner", "shared_options",
-           "check_cascade", "DEFAULT_AUG_LEVEL"]
+__all__ = ["SuperResConfig", "SuperResKind", "REFINE_SAMPLING", "upsample", "bicubic_to", "low_res_input",
+           "aug_steps", "noise_augment", "WithLowRes", "training_model", "Refiner", "shared_options", "check_cascade",
+           "DEFAULT_AUG_LEVEL"]
 
 DEFAULT_AUG_LEVEL = 0.1  # sampling: Imagen's best samples used 0.1-0.3; measured here in docs/results.md, "Cascade"
 # The SR stage samples stochastically by default (DDIM with eta = 1, i.e. ancestral steps on a respaced process):
 # deterministic samplers leave background speckle in some of its samples (docs/results.md, "Cascade")
-REFINE_SAMPLER, REFINE_STEPS, REFINE_ETA = "ddim", 15, 1.0
+REFINE_SAMPLING = Sampling("ddim", 15, None, {"eta": 1.0})
 
 
-def upsample(x: Tensor, size: int) -> Tensor:
-    """Images [B, C, h, w] in [-1, 1] enlarged to size x size by bicubic interpolation (clamped to [-1, 1])."""
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+@dataclass(frozen=True)
+class SuperResConfig:
+    """The super-resolution stage of a cascade (Config.stage of kind "super-res"; Ho et al. 2021, Saharia et al.
+    2022).
 
+    The U-Net (``low_res_channels`` = 1) denoises the full-size image given the image shrunk to ``low_res`` (area
+    averaging, as the base model's data) and upsampled back (bicubic). Noise conditioning augmentation: in
+    training, each low-res input first goes through the forward process for s = round(a T) steps, with the
+    level a ~ U[0, aug_max] per image, and the network is told s; aug_max 0 trains without augmentation (the
+    ablation). Sampling picks a fixed level (--aug-level).
+    """
 
-def bicubic_to(images: Tensor, size: int) -> Tensor:
-    """uint8 images enlarged to size x size by bicubic interpolation, as uint8: the baseline a super-resolution
-    model must beat, and how a base model's small samples reach a classifier made for full-size digits."""
-    if images.shape[-1] == size:
-        return images
-    return to_uint8(upsample(to_float(images), size))
+    low_res: int = 14
+    aug_max: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.low_res < 1:
+            raise ValueError(f"low_res must be a positive side length, got {self.low_res}")
+        if not 0.0 <= self.aug_max <= 1.0:
+            raise ValueError(f"aug_max is a fraction of the forward process, in [0, 1], got {self.aug_max}")
 
 
 def low_res_input(x: Tensor, low_res: int) -> Tensor:
@@ -103,28 +114,22 @@ class Refiner:
     """The second stage of a cascade, ready to refine: a loaded super-resolution run and how to sample it.
 
     ``refiner(low, cond, generator)``: low-res images [B, C, low, low] in [-1, 1] (a base model's samples, or
-    real digits shrunk) and their conditions -> refined images [B, C, H, W]. guidance None: the SR run's own
-    (train.guidance); options: the sampler's keyword arguments (threshold, spacing, precision, ...; the default
-    DDIM gets eta = 1 unless options say otherwise)."""
+    real digits shrunk) and their conditions -> refined images [B, C, H, W]. sampling: the sampler, steps,
+    guidance (None: the SR run's own train.guidance) and options; default REFINE_SAMPLING (DDIM, eta = 1)."""
 
     run: LoadedRun
     aug_level: float = DEFAULT_AUG_LEVEL
-    sampler: str = REFINE_SAMPLER
-    steps: int | None = REFINE_STEPS
-    guidance: float | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    sampling: Sampling = REFINE_SAMPLING
 
     def __post_init__(self) -> None:
-        if self.run.config.super_res is None:
+        if self.run.config.kind != "super-res":
             raise ValueError(f"{self.run.path} is not a super-resolution model (preset {self.run.config.preset!r}); "
-                             f"--refine takes one trained with --preset mnist-sr28")
+                             f"the cascade's second stage is one trained with --preset mnist-sr28")
         aug_steps(self.aug_level, self.run.diffusion.T)  # checks the range
-        if self.sampler == "ddim" and self.options.get("eta") is None:
-            self.options = {**self.options, "eta": REFINE_ETA}
 
     @property
     def low_res(self) -> int:
-        return self.run.config.super_res.low_res
+        return self.run.config.stage.low_res
 
     @torch.no_grad()
     def __call__(self, low: Tensor, cond=None, generator: torch.Generator | None = None) -> Tensor:
@@ -135,11 +140,7 @@ class Refiner:
                              f"{low.shape[-2]}x{low.shape[-1]}")
         s = aug_steps(self.aug_level, run.diffusion.T).expand(low.shape[0]).to(device)
         z = noise_augment(run.diffusion, upsample(low.to(device).float(), size), s, generator)
-        guidance = self.guidance if self.guidance is not None else run.config.train.guidance
-        return sample(WithLowRes(run.model, z, s), run.diffusion, (low.shape[0], *run.shape), cond,
-                      sampler=self.sampler, steps=self.steps or default_steps(self.sampler, run.diffusion.T),
-                      guidance_scale=guidance if cond is not None else None,
-                      generator=generator, device=device, **run.sampler_options(self.options))
+        return run.sample(cond, low.shape[0], self.sampling, generator, model=WithLowRes(run.model, z, s))
 
 
 SHARED_OPTIONS = ("spacing", "threshold", "percentile", "precision")  # sampler options that apply to both stages
@@ -153,13 +154,58 @@ def shared_options(options: dict[str, Any] | None) -> dict[str, Any]:
 def check_cascade(base: LoadedRun, sr: LoadedRun) -> None:
     """One line on why two runs do not make a cascade (the base's images are not the SR model's low-res input,
     or they take different conditions); nothing when they do."""
-    if sr.config.super_res is None:
-        raise ValueError(f"{sr.path} is not a super-resolution model; --refine takes one trained with "
+    if sr.config.kind != "super-res":
+        raise ValueError(f"{sr.path} is not a super-resolution model; --sr takes one trained with "
                          f"--preset mnist-sr28")
-    want = (sr.config.model.in_channels, sr.config.super_res.low_res, sr.config.super_res.low_res)
+    want = (sr.config.model.in_channels, sr.config.stage.low_res, sr.config.stage.low_res)
     if tuple(base.image_shape) != want:
         raise ValueError(f"{base.path} makes {'x'.join(map(str, base.image_shape))} images but {sr.path} refines "
                          f"{'x'.join(map(str, want))} ones; use a base trained with --preset mnist-base14")
     if sr.cond != "none" and base.cond != sr.cond:
         raise ValueError(f"{base.path} is conditioned on {base.cond} but {sr.path} on {sr.cond}: the cascade passes "
                          f"the base's condition to both stages")
+
+
+class SuperResKind(Kind):
+    """A cascade's second stage: L_simple on full-size images given their noise-augmented low-res version."""
+
+    name = "super-res"
+    section = SuperResConfig
+    evaluation = "ddpm.pipelines.cascade.evaluate"
+
+    def check(self, config) -> None:
+        if not isinstance(config.stage, SuperResConfig) or getattr(config.model, "low_res_channels", 0) < 1:
+            raise ValueError(f"a super-resolution run needs a SuperResConfig stage and a U-Net with low_res_channels "
+                             f"> 0, got stage={config.stage} and {type(config.model).__name__}")
+        if config.stage.low_res >= config.model.image_size:
+            raise ValueError(f"super-resolution goes up: low_res {config.stage.low_res} must be smaller than the "
+                             f"U-Net's image_size {config.model.image_size}")
+
+    def training_inputs(self, net, diffusion, frozen, config, x0, cond, t):
+        if t is None:  # t first, then the augmentation levels (the order of the random draws of a step)
+            t = diffusion.sample_timesteps(x0.shape[0], device=x0.device)
+        return training_model(net, diffusion, x0, config.stage), x0, cond, t
+
+    def sampling(self, config) -> Sampling:
+        return REFINE_SAMPLING
+
+    def grid(self, g: GridInputs, path: Path) -> Path:
+        """Training digits shrunk, refined, and as they were."""
+        config = g.config
+        x = to_float(g.images[:8]).to(g.device)
+        low = area_downsample(x, config.stage.low_res)
+        cond = condition_for_labels(config.cond, g.labels[:8], g.label_names, config.data.dataset)
+        run = LoadedRun(g.model, g.diffusion, config, g.step, path)
+        refiner = Refiner(run, sampling=dataclasses.replace(REFINE_SAMPLING, guidance=config.train.guidance))
+        refined = refiner(low, cond.to(g.device) if isinstance(cond, torch.Tensor) else cond,
+                          torch.Generator(g.device).manual_seed(1234))
+        nearest = F.interpolate(low, size=x.shape[-2:], mode="nearest")
+        return save_grid(torch.cat([nearest, refined.clamp(-1, 1), x]), path, nrow=8)
+
+    def usage(self, run):
+        return (f"{run.path} is a super-resolution model (a cascade's second stage): it refines low-res digits; use "
+                f"python -m ddpm cascade --sr {run.path} (after the base runs/mnist-base14, or with --from-test)")
+
+    def next_steps(self, config, run_dir):
+        return (f"python -m ddpm evaluate --run {run_dir}; python -m ddpm cascade --sr {run_dir} --prompt "
+                f"\"a thick seven\"")

@@ -1,5 +1,5 @@
 """A tiny CLIP (Radford et al. 2021): an image encoder and a text encoder trained so that a digit and its caption
-land on the same point of the unit sphere. The first part of unCLIP (DALL-E 2, ddpm.pipelines.unclip).
+land on the same point of the unit sphere. The first part of unCLIP (DALL-E 2, ddpm.pipelines.unclip.stage).
 
     e_img = normalize(W_i pool(CNN(x)))            e_txt = normalize(TextConditioner(tokens).pooled)   [B, D]
     logits = exp(log_tau_inv) e_img e_txt^T        [B, B]: image i against every caption of the batch
@@ -54,6 +54,11 @@ class ClipConfig:
         if not 0 < self.init_temperature < 1 or self.max_logit_scale < 1 / self.init_temperature:
             raise ValueError(f"init_temperature must be in (0, 1) and max_logit_scale at least 1 / init_temperature, "
                              f"got {self.init_temperature}, {self.max_logit_scale}")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's (or one input's) shape."""
+        return (self.in_channels, self.image_size, self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclass_to_dict(self)

@@ -14,13 +14,14 @@ from torch.distributions import Normal, kl_divergence
 from ddpm.checkpoints import CheckpointError, export_model, load_run, weights_fingerprint
 from ddpm.config import Config
 from ddpm.datasets import BatchLoader, to_float
-from ddpm.metrics.autoencoder import evaluate_autoencoder, psnr, reconstruct
-from ddpm.nn.autoencoder import Autoencoder, AutoencoderConfig, encode_moments, measure_latent_scale
+from ddpm.metrics.judge import psnr
+from ddpm.pipelines.latent.autoencoder import Autoencoder, AutoencoderConfig, encode_moments, measure_latent_scale
+from ddpm.pipelines.latent.evaluate import evaluate_autoencoder, reconstruct
 from ddpm.presets import get_preset
 from ddpm.runlog import RunLog
 from ddpm.training import Trainer, TrainingError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 TINY_AE = dict(ch=8, num_groups=4)
 TINY_LATENT = dict(ch=16, num_res_blocks=1, num_groups=4, batch_size=16, sample_steps=3, ckpt_every=0)
 
@@ -113,7 +114,7 @@ def test_a_log_without_timesteps_records_only_the_loss(tmp_path):
 
 def test_an_autoencoder_run_measures_and_stores_its_latent_scale(ae_run, digits):
     loaded = load_run(ae_run)
-    assert loaded.config.model_kind == "autoencoder"
+    assert loaded.config.network == "autoencoder" and loaded.config.kind == "autoencoder"
     expected = measure_latent_scale(loaded.model, digits.images[:2000])
     assert loaded.model.latent_scale.item() == pytest.approx(expected, rel=1e-6) and expected != 1.0
     report = evaluate_autoencoder(loaded.model, digits, n=32, classifier=None)
@@ -123,8 +124,8 @@ def test_an_autoencoder_run_measures_and_stores_its_latent_scale(ae_run, digits)
 
 def test_a_latent_run_records_its_autoencoder_and_decodes_its_samples(latent_run, ae_run):
     loaded = load_run(latent_run)
-    assert loaded.config.latent.autoencoder == str(ae_run)
-    assert loaded.config.latent.fingerprint == weights_fingerprint(load_run(ae_run).model.state_dict())
+    assert loaded.config.stage.autoencoder == str(ae_run)
+    assert loaded.config.stage.fingerprint == weights_fingerprint(load_run(ae_run).model.state_dict())
     assert loaded.shape == (4, 7, 7) and loaded.image_shape == (1, 28, 28)
     assert loaded.sampler_options({"threshold": None, "spacing": "uniform"}) == {"threshold": "none",
                                                                                  "spacing": "uniform"}
@@ -150,19 +151,19 @@ def test_cached_and_per_batch_latents_train_alike(tmp_path, ae_run, digits):
 
 def test_a_missing_or_different_autoencoder_is_one_line_naming_the_file(tmp_path, latent_run, ae_run, digits):
     config = json.loads((latent_run / "config.json").read_text())
-    moved = dict(config, latent={**config["latent"], "autoencoder": str(tmp_path / "nowhere")})
+    moved = dict(config, stage={**config["stage"], "autoencoder": str(tmp_path / "nowhere")})
     with pytest.raises(TrainingError, match="nowhere.*missing"):
         Trainer(Config.from_dict(moved), tmp_path / "r1", device="cpu", progress=False, dataset=digits)
     other = tmp_path / "other"
     Trainer(get_preset("mnist-autoencoder", steps=1, batch_size=16, ckpt_every=0, seed=5, **TINY_AE), other,
             device="cpu", progress=False, dataset=digits).fit(final_samples=False)
-    swapped = dict(config, latent={**config["latent"], "autoencoder": str(other)})
+    swapped = dict(config, stage={**config["stage"], "autoencoder": str(other)})
     with pytest.raises(TrainingError, match="other.*not the one"):
         Trainer(Config.from_dict(swapped), tmp_path / "r2", device="cpu", progress=False, dataset=digits)
     bad = tmp_path / "bad.pt"
     export_model(latent_run, bad)
     ckpt = torch.load(bad, weights_only=True)
-    ckpt["config"]["latent"]["autoencoder"] = str(other)
+    ckpt["config"]["stage"]["autoencoder"] = str(other)
     torch.save(ckpt, bad)
     with pytest.raises(CheckpointError, match="not the one this latent model was trained on"):
         load_run(bad)
@@ -172,8 +173,8 @@ def test_an_exported_pair_travels_together_and_the_cli_samples_decoded_digits(tm
     ship = tmp_path / "ship"
     ship.mkdir()
     export_model(ae_run, ship / "ae.pt", half=True)  # fp16: the same fingerprint as the fp32 weights
-    export_model(latent_run, ship / "latent.pt", half=True, autoencoder=ship / "ae.pt")
-    assert torch.load(ship / "latent.pt", weights_only=True)["config"]["latent"]["autoencoder"] == "ae.pt"
+    export_model(latent_run, ship / "latent.pt", half=True, frozen=ship / "ae.pt")
+    assert torch.load(ship / "latent.pt", weights_only=True)["config"]["stage"]["autoencoder"] == "ae.pt"
     out = tmp_path / "grid.png"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()  # a relative autoencoder path is found beside the latent model's file
@@ -210,7 +211,7 @@ def test_evaluate_and_visualize_work_on_latent_and_autoencoder_runs(tmp_path, la
 
 
 def test_the_latent_benchmark_compares_with_pixel_space_in_one_run():
-    from ddpm.bench import compare_latent, format_latent_comparison
+    from ddpm.pipelines.latent.bench import compare_latent, format_latent_comparison
     r = compare_latent(batch_size=4, n=2, steps=2, repeats=1, train_repeats=1)
     f = r["flops"]
     assert f["latent_unet"] < f["pixel_unet"] / 4  # the issue's goal, from the presets' networks

@@ -20,14 +20,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.bench.measure import forward_flops, interleaved, loadavg, summary
-from ddpm.bench.runs import _batches, _condition, _machine, _synthetic_dataset
+from ddpm.bench.runs import _batches, _condition, _machine, _synthetic_dataset, train_step_of
 from ddpm.checkpoints import FORMAT, build_model, save_atomic
 from ddpm.config import Config
 from ddpm.presets import get_preset
 from ddpm.samplers import bf16_is_fast, sample
 from ddpm.training import Trainer
 
-__all__ = ["compare_latent", "format_latent_comparison"]
+__all__ = ["compare_latent", "format_latent_comparison", "compare", "format_comparison"]
 
 
 def _flops(config: Config, device) -> int:
@@ -46,7 +46,7 @@ def compare_latent(latent_preset: str = "mnist-latent", pixel_preset: str = "mni
     bs = batch_size or get_preset(latent_preset).train.batch_size
     names = (latent_preset, pixel_preset, "mnist-autoencoder")
     latent, pixel, ae_config = (get_preset(p, batch_size=bs) for p in names)
-    if latent.latent is None:
+    if latent.kind != "latent":
         raise ValueError(f"{latent_preset!r} is not a latent diffusion preset")
     precision = "bf16" if bf16_is_fast(device.type) else "fp32"
     out: dict[str, Any] = {"machine": _machine(device), "latent_preset": latent_preset, "pixel_preset": pixel_preset,
@@ -81,7 +81,7 @@ def compare_latent(latent_preset: str = "mnist-latent", pixel_preset: str = "mni
                                           progress=False, dataset=data)
             setup = time.perf_counter() - t0
             batches = _batches(tr.loader, 2)
-            steps_fns[name] = _train_step(tr, batches)
+            steps_fns[name] = train_step_of(tr, batches)
             out.setdefault("setup_s", {})[name] = round(setup, 2)
         times = interleaved(steps_fns, device, train_repeats)
         out["train"] = {name: {**summary(t), "images_per_s": bs / summary(t)["median_s"]} for name, t in times.items()}
@@ -95,7 +95,7 @@ def compare_latent(latent_preset: str = "mnist-latent", pixel_preset: str = "mni
         p_tr, l_tr = trainers["pixel"], trainers["latent (cached encoding)"]
         runs = {"pixel": _sampler(p_tr.ema.model, p_tr.diffusion, pixel, n, steps, device, precision, None),
                 "latent + decoder": _sampler(l_tr.ema.model, l_tr.diffusion, latent, n, steps, device, precision,
-                                             l_tr.first_stage)}
+                                             l_tr.frozen)}
         times = interleaved(runs, device, repeats)
         out["sampling"] = {name: summary(t) for name, t in times.items()}
         for name in out["sampling"]:
@@ -105,15 +105,6 @@ def compare_latent(latent_preset: str = "mnist-latent", pixel_preset: str = "mni
             tr.close()
     out["machine"]["loadavg_end"] = loadavg()
     return out
-
-
-def _train_step(trainer: Trainer, batches: list):
-    k = iter(range(10**9))
-
-    def step():
-        x0, y = batches[next(k) % len(batches)]
-        trainer.train_step(x0, trainer.condition(y))
-    return step
 
 
 def _sampler(model, diffusion, config: Config, n: int, steps: int, device, precision: str, first_stage):
@@ -151,3 +142,11 @@ def format_latent_comparison(r: dict[str, Any]) -> str:
     for name, t in r["sampling"].items():
         lines.append(f"  {name:38s} {t['median_s']:8.2f} {t['speed_vs_pixel']:9.2f}x")
     return "\n".join(lines)
+
+
+def compare(preset: str, **kwargs) -> dict[str, Any]:
+    """bench --preset PRESET: the side-by-side comparison this module measures."""
+    return compare_latent(latent_preset=preset, **kwargs)
+
+
+format_comparison = format_latent_comparison

@@ -1,12 +1,11 @@
-"""unCLIP in pictures: matrices (CLIP similarities of images and captions, zero-shot confusion, what the prior's
-samples are as CLIP reads them) and a 2-D projection of CLIP image embeddings, true beside the prior's samples."""
+"""unCLIP in pictures: a 2-D projection of CLIP image embeddings, true beside the prior's samples (the matrices of
+CLIP's similarities are ddpm.viz.plot_matrix)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -14,27 +13,7 @@ from torch import Tensor
 
 from ddpm.viz.grids import PathLike, _finish
 
-__all__ = ["plot_matrix", "pca_2d", "plot_embedding_projection"]
-
-
-def plot_matrix(matrix: Tensor | np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str = "",
-                xlabel: str = "", ylabel: str = "", fmt: str = "{:.2f}", path: PathLike | None = None) -> Figure | Path:
-    """A heatmap of a small matrix [R, C] with its values written in the cells (rows top to bottom)."""
-    m = np.asarray(torch.as_tensor(matrix, dtype=torch.float32))
-    if m.shape != (len(row_labels), len(col_labels)):
-        raise ValueError(f"a {m.shape} matrix needs {m.shape[0]} row and {m.shape[1]} column labels, got "
-                         f"{len(row_labels)} and {len(col_labels)}")
-    fig = Figure(figsize=(0.5 * m.shape[1] + 2.5, 0.42 * m.shape[0] + 1.4), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(m, cmap="viridis")
-    ax.set_xticks(range(m.shape[1]), col_labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(m.shape[0]), row_labels, fontsize=7)
-    mid = (m.max() + m.min()) / 2
-    for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6, color="black" if v > mid else "white")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    return _finish(fig, path)
+__all__ = ["pca_2d", "plot_embedding_projection"]
 
 
 def pca_2d(reference: Tensor, *others: Tensor) -> list[Tensor]:

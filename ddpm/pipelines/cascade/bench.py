@@ -17,17 +17,16 @@ from typing import Any
 
 import torch
 
-from ddpm.bench.latent import _train_step
 from ddpm.bench.measure import forward_flops, interleaved, loadavg, summary
-from ddpm.bench.runs import _batches, _condition, _machine, _synthetic_dataset
+from ddpm.bench.runs import _batches, _condition, _machine, _synthetic_dataset, train_step_of
 from ddpm.checkpoints import build_diffusion, build_model
 from ddpm.config import Config
-from ddpm.pipelines.cascade import WithLowRes
+from ddpm.pipelines.cascade.stage import WithLowRes
 from ddpm.presets import get_preset
 from ddpm.samplers import bf16_is_fast, sample
 from ddpm.training import Trainer
 
-__all__ = ["compare_cascade", "format_cascade_comparison"]
+__all__ = ["compare_cascade", "format_cascade_comparison", "compare", "format_comparison"]
 
 
 def _sr_call(model, config: Config, n: int, device) -> WithLowRes:
@@ -46,7 +45,7 @@ def compare_cascade(base_preset: str = "mnist-base14", sr_preset: str = "mnist-s
     device = torch.device(device)
     bs = batch_size or get_preset(single_preset).train.batch_size
     base, sr, single = (get_preset(p, batch_size=bs) for p in (base_preset, sr_preset, single_preset))
-    if sr.super_res is None:
+    if sr.kind != "super-res":
         raise ValueError(f"{sr_preset!r} is not a super-resolution preset")
     precision = "bf16" if bf16_is_fast(device.type) else "fp32"
     out: dict[str, Any] = {"machine": _machine(device), "base_preset": base_preset, "sr_preset": sr_preset,
@@ -76,7 +75,7 @@ def compare_cascade(base_preset: str = "mnist-base14", sr_preset: str = "mnist-s
             tr = Trainer(config.replace(precision=precision, compile=False), Path(tmp) / str(len(trainers)),
                          device=device, progress=False, dataset=data)
             trainers.append(tr)
-            steps_fns[name] = _train_step(tr, _batches(tr.loader, 2))
+            steps_fns[name] = train_step_of(tr, _batches(tr.loader, 2))
         times = interleaved(steps_fns, device, train_repeats)
         out["train"] = {name: {**summary(t), "images_per_s": bs / summary(t)["median_s"]} for name, t in times.items()}
         ref = out["train"]["single (28x28)"]["median_s"]
@@ -122,3 +121,11 @@ def format_cascade_comparison(r: dict[str, Any]) -> str:
     for name, t in r["sampling"].items():
         lines.append(f"  {name:38s} {t['median_s']:8.2f} {t['speed_vs_single']:9.2f}x")
     return "\n".join(lines)
+
+
+def compare(preset: str, **kwargs) -> dict[str, Any]:
+    """bench --preset PRESET: the side-by-side comparison this module measures."""
+    return compare_cascade(**kwargs)
+
+
+format_comparison = format_cascade_comparison

@@ -79,6 +79,11 @@ class AutoencoderConfig:
         side = self.image_size // self.downsample_factor
         return (self.latent_channels, side, side)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's (or one input's) shape."""
+        return (self.in_channels, self.image_size, self.image_size)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclass_to_dict(self)
 

@@ -43,6 +43,11 @@ class PriorConfig:
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's (or one input's) shape."""
+        return (self.dim,)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclass_to_dict(self)
 
@@ -68,7 +73,7 @@ class PriorBlock(nn.Module):
 
 class DiffusionPrior(nn.Module):
     """forward(z_t [B, D], t [B], cond: text embeddings [B, D] or None) -> predicted clean embedding [B, D]
-    (in the scaled space the prior models: see ddpm.pipelines.unclip)."""
+    (in the scaled space the prior models: see ddpm.pipelines.unclip.stage)."""
 
     def __init__(self, config: PriorConfig = PriorConfig()):
         super().__init__()

@@ -1,0 +1,50 @@
+"""Judging a set of images against the test set, for every kind of model: the evaluation classifier's accuracy and
+the Frechet distance of its features with its real-data floor (SampleJudge), PSNR against references, and speckle
+(faint bright pixels a sampler leaves on the background)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ddpm.datasets import ImageDataset, load_dataset, to_float
+from ddpm.metrics.classifier import classifier_features, conditional_accuracy, load_or_train_classifier
+from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors
+
+__all__ = ["SampleJudge", "speckle", "psnr", "mean_psnr"]
+
+
+class SampleJudge:
+    """The evaluation classifier and the test set's feature statistics, loaded once for several sets of images."""
+
+    def __init__(self, dataset: str, test: ImageDataset, root, classifier, n: int, seed: int, progress: bool):
+        self.clf, _ = load_or_train_classifier(classifier, dataset, root=root, progress=progress)
+        self.stats = feature_statistics(classifier_features(self.clf, test)[0])
+        floors = frechet_floors(self.clf, load_dataset(dataset, "train", root=root), n, self.stats, seed)
+        self.floor = sum(floors) / len(floors)
+
+    def __call__(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        features, logits = classifier_features(self.clf, images)
+        fd = frechet_distance(*feature_statistics(features), *self.stats)
+        return {"accuracy": conditional_accuracy(logits, labels)["accuracy"], "frechet": fd,
+                "frechet_ratio": fd / self.floor}
+
+
+def speckle(images: Tensor, low_res_upsampled: Tensor) -> float:
+    """The share of background pixels, far from any stroke of the low-res input (below -0.95 in its bicubic
+    upsampling), that a refinement made brighter than 10% gray (> -0.8): the faint noise a sampler can leave
+    behind. 0 for real digits. Both arguments uint8 [N, C, H, W]."""
+    background = to_float(low_res_upsampled) < -0.95
+    return float(((to_float(images) > -0.8) & background).sum() / background.sum().clamp(min=1))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of uint8 images (peak 255, i.e. 1 for values in [0, 1]); inf for identical images."""
+    mse = (a.double() - b.double()).square().flatten(1).mean(1) / 255.0**2
+    return 10 * torch.log10(1.0 / mse)
+
+
+def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The mean of ``psnr`` over the images that differ (identical ones have an infinite PSNR); inf if none do."""
+    p = psnr(a, b)
+    return float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf")
