@@ -84,13 +84,14 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
     return run if run.is_file() or run.suffix == ".pt" else run / CHECKPOINT_NAME
 
 
-def find_run(run: str | os.PathLike | None, default: str, preset: str) -> Path:
-    """The run given, else the default run folder (runs/<preset>) if it has a checkpoint, else the shipped model
-    data/pretrained/<preset>.pt; one line saying how to train it when there is neither."""
+def find_run(run: str | os.PathLike | None, preset: str) -> Path:
+    """The run given, else runs/<preset> if it has a checkpoint, else the shipped model data/pretrained/<preset>.pt;
+    one line saying how to train it when there is neither."""
     if run:
         return Path(run)
-    if (Path(default) / CHECKPOINT_NAME).exists():
-        return Path(default)
+    default = Path("runs") / preset
+    if (default / CHECKPOINT_NAME).exists():
+        return default
     if (PRETRAINED / f"{preset}.pt").exists():
         return PRETRAINED / f"{preset}.pt"
     raise CheckpointError(f"no {default}/{CHECKPOINT_NAME} and no shipped {preset}.pt; train first: "

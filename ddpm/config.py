@@ -20,7 +20,6 @@ from typing import Any, Literal, get_args
 from ddpm._util import check_mode, dataclass_from_dict
 from ddpm.datasets import caption_max_words, caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS
-from ddpm.nn.mlp import MLPConfig
 from ddpm.nn.unet import UNetConfig
 from ddpm.schedules import SCHEDULES
 
@@ -30,7 +29,7 @@ LRSchedule = Literal["constant", "cosine"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]
 
 __all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "Config", "resume_changes", "RESUMABLE_CHANGES",
-           "with_conditioning", "NETWORKS", "kind_names", "MNIST_TRAIN"]
+           "with_conditioning", "kind_names", "MNIST_TRAIN"]
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,6 @@ class TrainConfig:
 MNIST_TRAIN = dict(steps=900, batch_size=128, lr=2e-3, optimizer="adamw", warmup=100, lr_schedule="cosine",
                    ema_decay=0.995, log_every=25, sample_every=0, ckpt_every=100, sample_steps=50, guidance=2.0)
 
-NETWORKS: dict[str, type] = {"unet": UNetConfig, "mlp": MLPConfig}  # a pipeline's Kind adds its own
-
-
 def kind(name: str):
     """The Kind of a run (ddpm.pipelines.base): the registry sits above the core and is looked up at run time."""
     return importlib.import_module("ddpm.pipelines.base").kind(name)
@@ -133,9 +129,7 @@ class Config:
     stage: Any = None
 
     def __post_init__(self) -> None:
-        if self.network not in self.hook.networks:
-            raise ValueError(f"a {self.kind!r} run is built of a {' or '.join(self.hook.networks)} network, got a "
-                             f"{type(self.model).__name__}")
+        _ = self.network  # raises for a network the kind is not built of
         self.hook.check(self)
 
     @property
@@ -145,11 +139,12 @@ class Config:
 
     @property
     def network(self) -> str:
-        """The network's name ("unet", "mlp", or a pipeline's: "autoencoder", "clip", "prior")."""
-        names = {**NETWORKS, **{k: cls for k, (cls, _) in self.hook.networks.items()}}
-        found = [k for k, cls in names.items() if type(self.model) is cls]
+        """The network's name, one of the kind's (Kind.networks: "unet", "mlp", or a pipeline's "autoencoder",
+        "clip", "prior")."""
+        found = [k for k, (cls, _) in self.hook.networks.items() if type(self.model) is cls]
         if not found:
-            raise ValueError(f"unknown network config {type(self.model).__name__}")
+            raise ValueError(f"a {self.kind!r} run is built of a {' or '.join(self.hook.networks)} network, got a "
+                             f"{type(self.model).__name__}")
         return found[0]
 
     @property

@@ -14,6 +14,7 @@ import torch
 
 from ddpm._util import set_threads, shorten
 from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, load_run
+from ddpm.checkpoints import PRETRAINED as SHIPPED  # the folder of the shipped models
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.diffusion import VARIANCES
 from ddpm.nn.conditioning import UnknownWordsError
@@ -27,7 +28,7 @@ __all__ = ["UsageError", "check_prompt", "DEFAULT_RUN", "PRETRAINED", "DEFAULT_T
            "MAX_ECHO", "vocabulary_text"]
 
 DEFAULT_RUN = "runs/mnist"
-PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "mnist.pt"
+PRETRAINED = SHIPPED / "mnist.pt"
 DEFAULT_TEXT_RUN = "runs/mnist-text"  # where --prompt and --vocabulary look first when --run is not given
 PRETRAINED_TEXT = PRETRAINED.with_name("mnist-text.pt")
 MAX_ECHO = 60  # characters of user input echoed back in an error line

@@ -276,8 +276,8 @@ def judge_samples(loaded: LoadedRun, test: ImageDataset, root, n: int, *, sample
                "seconds": round(time.perf_counter() - t0, 1)}
     if small:
         samples["note"] = (f"{loaded.config.data.image_size}x{loaded.config.data.image_size} samples upsampled "
-                           f"bicubically to {test.image_size}x{test.image_size} to be judged (refine them with "
-                           f"--refine for the cascade)")
+                           f"bicubically to {test.image_size}x{test.image_size} to be judged (the cascade: python "
+                           f"-m ddpm cascade --evaluate)")
     dataset = loaded.config.data.dataset
     if dataset in CLASSIFIER_DATASETS:
         judged = _classifier_metrics(images, labels, test, dataset, root, classifier, seed, progress)

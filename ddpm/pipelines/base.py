@@ -154,8 +154,8 @@ class Kind:
 
     # ------------------------------------------------------------------ sampling
     def sampling(self, config: Config) -> Sampling:
-        """How this kind is sampled when the caller says nothing else (the CLI's own defaults apply on top)."""
-        return Sampling("ddim", None, None, self.sampler_defaults(config))
+        """How this kind is sampled when the caller says nothing else (LoadedRun.sample adds sampler_defaults)."""
+        return Sampling()
 
     def encode(self, frozen: nn.Module | None, images: Tensor) -> Tensor:
         """Images in [-1, 1] as what the diffusion models (a latent run's latents: posterior means, scaled)."""

@@ -92,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_refiner(args, device, options: dict, level: float) -> Refiner:
     """The Refiner of --sr with --sr-sampler, --sr-steps, --sr-guidance (else --guidance) and the base's shared
     options, at augmentation level ``level``."""
-    sr = load_run(find_run(args.sr, "runs/mnist-sr28", "mnist-sr28"), device=device)
+    sr = load_run(find_run(args.sr, "mnist-sr28"), device=device)
     if args.sr_steps is not None and args.sr_steps > sr.diffusion.T:
         raise UsageError(f"--sr-steps {args.sr_steps} is more than the SR model's T = {sr.diffusion.T}")
     guidance = args.sr_guidance if args.sr_guidance is not None else args.guidance
@@ -121,7 +121,7 @@ def run(args) -> int:
             raise UsageError("--from-test refines real test digits with their own classes: drop --base, --prompt, "
                              "--class and --evaluate (evaluate --run SR_RUN judges the SR model on test digits)")
         return _refine_test_digits(args, device, out, levels[0])
-    base = load_run(find_run(args.base, "runs/mnist-base14", "mnist-base14"), device=device)
+    base = load_run(find_run(args.base, "mnist-base14"), device=device)
     steps, options = sampler_flags(args, base.diffusion.T)
     refiner = load_refiner(args, device, options, levels[0])
     try:

@@ -5,7 +5,7 @@
                                           the evaluation classifier, Frechet distance to the test set, and the
                                           share of background pixels left speckled
 
-(The cascade behind its base, one augmentation level after another: ddpm.metrics.sweep.cascade_sweep.)
+(The cascade behind its base, one augmentation level after another: cascade_sweep below.)
 
 Conditions: each test digit's class prompt (or label) for the SR model; the base's balanced classes for the
 cascade. Every number comes from uint8 images, quantized like saved ones.

@@ -87,7 +87,7 @@ def load_unclip(args, device) -> Unclip:
     runs = {}
     stages = (("prior", "mnist-prior"), ("decoder", "mnist-decoder"))
     for flag, preset in stages[1:] if args.variations is not None else stages:
-        runs[flag] = load_run(find_run(getattr(args, flag), f"runs/{preset}", preset), device=device)
+        runs[flag] = load_run(find_run(getattr(args, flag), preset), device=device)
         if runs[flag].config.kind != flag:
             raise UsageError(f"--{flag} {runs[flag].path} is not an unCLIP {flag} (preset "
                              f"{runs[flag].config.preset!r}); train one with --preset {preset}")

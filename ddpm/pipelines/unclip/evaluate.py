@@ -290,8 +290,8 @@ def evaluate_stage(loaded: LoadedRun, test: ImageDataset, root, *, n_samples: in
         # evaluate --sampler/--steps/--guidance on the prior's defaults
         prior_sampling = prior_sampling or PRIOR_SAMPLING.override(sampler, steps, guidance, options)
         return {"prior": evaluate_prior(loaded, test, root, n=n_samples or 1000, seed=seed, sampling=prior_sampling)}
-    prior = prior or load_run(find_run(None, "runs/mnist-prior", "mnist-prior"), device=device)
-    class_run = class_run or load_run(find_run(None, "runs/mnist", "mnist"), device=device)
+    prior = prior or load_run(find_run(None, "mnist-prior"), device=device)
+    class_run = class_run or load_run(find_run(None, "mnist"), device=device)
     unclip = Unclip(prior, loaded, prior_sampling, decoder_sampling)
     report: dict[str, Any] = {"unclip": unclip.describe()}
     judge = SampleJudge("mnist", test, root, classifier, n_samples or 800, seed, progress)

@@ -299,11 +299,8 @@ class DecoderKind(_OnClip):
     networks = {"unet": (UNetConfig, UNet)}
 
     @torch.no_grad()
-    def _embed(self, frozen, x0):
-        return frozen.encode_image(x0.float())
-
     def training_inputs(self, net, diffusion, frozen, config, x0, cond, t):
-        return net, x0, self._embed(frozen, x0), t
+        return net, x0, frozen.encode_image(x0.float()), t
 
     def sampling(self, config) -> Sampling:
         return DECODER_SAMPLING
