@@ -4,6 +4,7 @@
                                                           # runs/mnist-sr28 (or the shipped one)
     python -m ddpm cascade --from-test                   # real test digits shrunk, refined, and as they were
     python -m ddpm cascade --evaluate --aug-level 0,0.1,0.3,0.5   # the cascade judged at each augmentation level
+    python -m ddpm cascade --from-test --evaluate --aug-level 0,0.1   # the SR model alone on real test digits
 
 --sampler, --steps, --guidance (and --spacing, --threshold, --precision) are the base's; the SR stage samples with
 --sr-sampler and --sr-steps (default DDIM with eta 1, 15 steps: stochastic steps leave no background speckle,
@@ -36,7 +37,7 @@ from ddpm.conditions import condition_for_labels
 from ddpm.datasets import area_downsample, load_dataset, to_float
 from ddpm.metrics.evaluate import evaluate_run, format_report
 from ddpm.pipelines.base import Sampling
-from ddpm.pipelines.cascade.evaluate import cascade_sweep, format_cascade_sweep
+from ddpm.pipelines.cascade.evaluate import cascade_sweep, evaluate_super_res, format_cascade_sweep, super_res_rows
 from ddpm.pipelines.cascade.stage import DEFAULT_AUG_LEVEL, REFINE_SAMPLING, Refiner, check_cascade, shared_options
 from ddpm.samplers import SAMPLERS
 from ddpm.viz import save_panels
@@ -83,8 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"default {DEFAULT_AUG_LEVEL}); with --evaluate a comma-separated list compares levels")
     p.add_argument("--from-test", action="store_true", help="refine --n real test digits (a random set, by --seed) "
                                                              "shrunk to the low resolution, beside the originals")
-    p.add_argument("--evaluate", action="store_true", help="judge the cascade (accuracy, Frechet, speckle) instead "
-                                                            "of drawing, and write a JSON report")
+    p.add_argument("--evaluate", action="store_true", help="judge the cascade (accuracy, Frechet, speckle; with "
+                                                            "--from-test the SR model alone against bicubic) "
+                                                            "instead of drawing, and write a JSON report")
     p.add_argument("--out", help="output PNG, or with --evaluate JSON (default: samples/cascade_seed<seed>.png)")
     add_device_flags(p)
 
@@ -117,9 +119,11 @@ def run(args) -> int:
                        suffix, "--out")
     levels = _levels(args)
     if args.from_test:
-        if args.base or args.prompt is not None or args.klass is not None or args.evaluate:
-            raise UsageError("--from-test refines real test digits with their own classes: drop --base, --prompt, "
-                             "--class and --evaluate (evaluate --run SR_RUN judges the SR model on test digits)")
+        if args.base or args.prompt is not None or args.klass is not None:
+            raise UsageError("--from-test refines real test digits with their own classes: drop --base, --prompt "
+                             "and --class")
+        if args.evaluate:
+            return _evaluate_on_test_digits(args, device, out, levels)
         return _refine_test_digits(args, device, out, levels[0])
     base = load_run(find_run(args.base, "mnist-base14"), device=device)
     steps, options = sampler_flags(args, base.diffusion.T)
@@ -163,6 +167,24 @@ def _evaluate(args, base, refiner: Refiner, steps, options, levels, out: Path, d
                                   ("cascade", f"refined by {stage['refine']} (step {stage['refine_step']}; "
                                               f"{s.sampler}, {s.steps} steps), aug level {refiner.aug_level:g}")]})
         print(format_report(result))
+    print(f"wrote {out}")
+    return 0
+
+
+def _evaluate_on_test_digits(args, device, out: Path, levels: list[float]) -> int:
+    """--from-test --evaluate: the SR model alone on --n real test digits shrunk (default 1000), at each level,
+    against bicubic upsampling (what evaluate --run SR_RUN reports at the default level)."""
+    _, options = sampler_flags(args, None)
+    refiner = load_refiner(args, device, options, levels[0])
+    sr = refiner.run
+    test = load_dataset(sr.config.data.dataset, "test", root=sr.config.data.root)
+    report = {"run": str(sr.path), "preset": sr.config.preset, "step": sr.step, "seed": args.seed,
+              "super_resolution": evaluate_super_res(refiner, test, sr.config.data.root, args.n or 1000,
+                                                     levels=levels, seed=args.seed, progress=True)}
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    rows = super_res_rows(report["super_resolution"])
+    width = max(len(k) for k, _ in rows) + 2
+    print("\n".join(f"{k:<{width}}{v}" for k, v in rows))
     print(f"wrote {out}")
     return 0
 

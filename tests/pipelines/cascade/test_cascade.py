@@ -219,6 +219,12 @@ def test_the_cli_samples_refines_and_evaluates_a_cascade(tmp_path, runs, capsys)
     report = evaluate_super_res(refiner, load_dataset("mnist", "test"), n=20, levels=[0.0, 0.5])
     assert [row["aug_level"] for row in report["refined"]] == [0.0, 0.5]
     assert all(0 <= row["speckle"] <= 1 for row in report["refined"])
+    # the same from the command line: the SR model alone on test digits, at each level
+    out = tmp_path / "sr_levels.json"
+    assert main(["cascade", "--from-test", "--evaluate", "--sr", sr, "--n", "20", "--sr-steps", "2", "--aug-level",
+                 "0,0.5", "--out", str(out)]) == 0
+    cli = json.loads(out.read_text())["super_resolution"]
+    assert [row["aug_level"] for row in cli["refined"]] == [0.0, 0.5] and cli["n"] == 20
     # the cascade behind its base: several levels are a sweep, one level an evaluate report with "cascade"
     assert main(["cascade", "--evaluate", "--base", base, "--sr", sr, "--aug-level", "0,0.3", "--n", "20",
                  "--steps", "2", "--out", str(tmp_path / "sweep.json")]) == 0
