@@ -1,4 +1,4 @@
-"""ddpm: an educational, from-scratch DDPM (Ho et al. 2020) in pure PyTorch.
+"""ddpm: an educational, from-scratch DDPM (Ho et al. 2020) in PyTorch (with einops for reshapes).
 
 The public API (see README.md for a tour), loaded lazily (PEP 562): ``import ddpm.schedules`` loads only
 the schedules, and ``from ddpm import Trainer`` loads the trainer when it is first asked for.
@@ -30,7 +30,7 @@ _EXPORTS = {
     "respace": "ddpm.samplers",
     "sample": "ddpm.samplers",
     "Step": "ddpm.samplers",
-    "get_preset": "ddpm.config",
+    "get_preset": "ddpm.presets",
     "Trainer": "ddpm.training",
     "load_run": "ddpm.checkpoints",
 }

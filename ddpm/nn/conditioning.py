@@ -291,7 +291,8 @@ class TextConditioner(nn.Module):
 
 
 class EmbeddingConditioner(nn.Module):
-    """A CLIP embedding [B, D] -> (vector [B, emb_dim], ``tokens`` context tokens [B, tokens, context_dim] or None).
+    """A CLIP embedding [B, D] -> (vector [B, emb_dim], ``tokens`` context tokens [B, tokens, context_dim] or None,
+    their mask [B, tokens] or None).
 
     unCLIP's decoder (Ramesh et al. 2022, Sec. 2.1) adds a projection of the CLIP image embedding to the time
     embedding and also gives it as 4 extra tokens to attend to; the diffusion prior uses the vector alone (its
