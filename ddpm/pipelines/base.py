@@ -58,8 +58,7 @@ class Sampling:
 
     def with_options(self, **options: Any) -> Sampling:
         """A copy whose options are updated by those given that are not None."""
-        kept = {k: v for k, v in options.items() if v is not None}
-        return Sampling(self.sampler, self.steps, self.guidance, {**self.options, **kept})
+        return self.override(options=options)
 
     def override(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                  options: dict[str, Any] | None = None) -> Sampling:
