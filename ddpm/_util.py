@@ -1,4 +1,4 @@
-"""Small utilities every layer may use: typed modes, thread count, eval mode, atomic file writes.
+"""Small utilities every layer may use: typed modes, thread count, eval mode, config dicts (files: ddpm._files).
 
 This module imports nothing else of ddpm, so that any module can import it.
 """
@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
+import math
 import signal
-import tempfile
 import threading
+import types
+import typing
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,9 +23,8 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["check_mode", "check_threads", "set_threads", "num_threads", "eval_mode", "atomic_write",
-           "write_text_atomic", "remove_stale_temporaries", "shorten", "select_condition", "FolderLock",
-           "LockError", "stop_on_sigint", "dataclass_to_dict", "dataclass_from_dict"]
+__all__ = ["check_mode", "check_threads", "set_threads", "num_threads", "eval_mode", "shorten", "select_condition",
+           "stop_on_sigint", "dataclass_to_dict", "dataclass_from_dict"]
 
 
 def check_mode(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -41,12 +40,63 @@ def dataclass_to_dict(obj) -> dict[str, Any]:
 
 
 def dataclass_from_dict(cls, d: dict[str, Any]):
-    """The inverse of dataclass_to_dict: missing keys take the defaults, unknown keys raise, naming them."""
+    """The inverse of dataclass_to_dict: missing keys take the defaults; unknown keys, and values of the wrong type
+    (a string where a number goes, a NaN or an infinity, a number where a list goes), raise, naming the field. This
+    is where every config read from a file (config.json, a checkpoint) is checked."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a {cls.__name__} must be a dict of its fields, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in d.items():
+        if not _is_a(value, hints[key]):
+            raise ValueError(f"{cls.__name__}.{key} = {shorten(repr(value), 40)}: expected a {_named(hints[key])}")
     return cls(**d)
+
+
+def _is_a(value, hint) -> bool:
+    """Whether a value read from JSON fits a field's type hint (bool is not a number; floats are finite)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_is_a(v, a) for v, a in zip(value, args, strict=True))
+        return all(_is_a(v, args[0]) for v in value) if args else True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # a type this check does not know: the dataclass's own __post_init__ decides
+
+
+_NAMES = {float: "finite number", int: "whole number", bool: "true or false", str: "string", type(None): "null"}
+
+
+def _named(hint) -> str:
+    """A type hint in words: "finite number", "whole number or null", "list of whole numbers", ..."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_named(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (tuple, list):
+        return f"list of {_named(args[0])}s" if args else "list"
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def shorten(text, limit: int = 60) -> str:
@@ -121,96 +171,3 @@ def stop_on_sigint(request_stop: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-TMP_SUFFIX = ".tmp"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file so that it is either the old or the complete new one, whatever happens.
-
-    ``write(f)`` fills a temporary file next to ``path`` (named ``<name>.<random>.tmp``); it is flushed,
-    fsynced and renamed over ``path`` (atomic on POSIX). On any error, Ctrl-C included, the temporary
-    file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """atomic_write of a text file (UTF-8)."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
-    """Delete the temporary files that a killed atomic_write of any of ``names`` left in ``folder``."""
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for name in names:
-        for tmp in folder.glob(f"{name}.*{TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-class LockError(RuntimeError):
-    """A folder is locked by another process; the message names it."""
-
-
-class FolderLock:
-    """An exclusive lock on a folder (a ``lock`` file in it, held with flock while this object holds it).
-
-    A second process that tries to take it gets a LockError naming the process that holds it. The
-    operating system drops the lock when the holder exits, however it exits (SIGKILL included), so a
-    stale lock file never blocks anyone.
-    """
-
-    NAME = "lock"
-
-    def __init__(self, folder: str | os.PathLike):
-        self.path = Path(folder) / self.NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> FolderLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:  # not POSIX (Windows): no lock
-            return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LockError(f"{self.path.parent} is in use by another process (pid {holder}); wait for it to "
-                            f"finish or choose another --name") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
-
-    def __enter__(self) -> FolderLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        self.release()

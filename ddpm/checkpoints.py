@@ -11,17 +11,19 @@ versions load through one migration (``migrate_config``: the config's layout bef
 ``amp`` flag), here at the loading boundary and nowhere else.
 
 It is written to a temporary file in the same folder, flushed to disk and renamed over the old one, so
-a crash or Ctrl-C during the write leaves the previous checkpoint intact. ``export_model`` writes just
-the EMA weights and the config (a few MB), which is what ``sample`` and ``evaluate`` need.
+a crash or Ctrl-C during the write leaves the previous checkpoint intact. ``ddpm.exports.export_model`` writes
+just the EMA weights and the config (a few MB), which is what ``sample`` and ``evaluate`` need.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pickle
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpm._util import atomic_write
+from ddpm._files import atomic_write
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.memory import check_batch, saved_bytes_per_item
 from ddpm.pipelines.base import Sampling
 from ddpm.samplers import default_steps, sample
 from ddpm.schedules import make_betas
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "build_model", "build_diffusion", "LoadedRun",
-           "load_run", "export_model", "CHECKPOINT_NAME", "CONFIG_NAME", "checkpoint_path", "config_json",
-           "weights_fingerprint", "frozen_path", "load_frozen_network", "migrate_config", "find_run", "PRETRAINED"]
+           "load_run", "CHECKPOINT_NAME", "CONFIG_NAME", "checkpoint_path", "config_json",
+           "weights_fingerprint", "frozen_path", "read_torch_file", "read_config", "check_finite",
+           "load_frozen_network", "migrate_config", "find_run", "PRETRAINED"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PRETRAINED = Path(__file__).resolve().parents[1] / "data" / "pretrained"  # the shipped models
@@ -69,8 +73,38 @@ def build_diffusion(config: Config, device: str | torch.device = "cpu") -> Gauss
 
 
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file next to ``path``, fsync, then rename over it (ddpm._util.atomic_write)."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save to a temporary file next to ``path``, fsync, then rename over it (ddpm._files.atomic_write).
+
+    A failed write is an OSError naming the file (ENOSPC on a full disk), as for any other file: torch's zip writer
+    turns the OSError of the file it writes into a RuntimeError of its own ("unexpected pos ...",
+    "PytorchStreamWriter failed writing file ..."), which is mapped back here."""
+    path = Path(path)
+    failed: list[OSError] = []
+
+    class Recording:  # the temporary file, remembering the OSError of a write that failed
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            try:
+                return self.f.write(data)
+            except OSError as e:
+                failed.append(e)
+                raise
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    try:
+        return atomic_write(path, lambda f: torch.save(obj, Recording(f)))
+    except RuntimeError as e:
+        if failed:
+            raise OSError(failed[0].errno, failed[0].strerror or str(failed[0]), str(path)) from None
+        if "PytorchStreamWriter" not in str(e) and "file write failed" not in str(e):
+            raise
+        full = shutil.disk_usage(path.parent).free < 1 << 20
+        raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
+                      f"write failed ({str(e).splitlines()[0][:120]})", str(path)) from None
 
 
 def config_json(config: Config) -> str:
@@ -109,17 +143,27 @@ def _missing_hint(path: Path) -> str:
             f"{where.name}")
 
 
-def _load_failure(path: Path, e: Exception) -> str:
+def _load_failure(path: Path, e: Exception, what: str = "ddpm checkpoint") -> str:
     """One line on why torch.load refused or failed, naming a refused global (code the file asked to run)."""
     text = str(e)
     refused = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
     if isinstance(e, pickle.UnpicklingError) and refused:
-        return (f"{path} was refused: loading it would run code it names ({refused.group(1) or refused.group(2)}), "
-                f"and ddpm loads only plain tensors and values (torch.load weights_only=True); do not trust this file")
+        return (f"{path} was refused: it would run code when loaded ({refused.group(1) or refused.group(2)}); ddpm "
+                f"loads only tensors and plain values: do not trust this file")
     if "Weights only load failed" in text:
         text = "not a torch file of tensors and plain values"
     reason = text.strip().splitlines()[0][:160] if text.strip() else "the file is empty or cut short"
-    return f"{path} is not a readable ddpm checkpoint ({type(e).__name__}: {reason}); delete it or train again"
+    return f"{path} is not a readable {what} ({type(e).__name__}: {reason})"
+
+
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", what: str = "ddpm checkpoint"):
+    """torch.load(weights_only=True): plain tensors and values only, never code. Every file ddpm reads with torch
+    goes through here, so a refused pickle always gets the same one line (naming what it asked to run)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, unsafe pickle
+        raise CheckpointError(_load_failure(path, e, what)) from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -129,10 +173,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(_missing_hint(path))
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give a run folder with a {CHECKPOINT_NAME} or a .pt file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, unsafe pickle
-        raise CheckpointError(_load_failure(path, e)) from None
+    ckpt = read_torch_file(path, map_location)
     if not isinstance(ckpt, dict) or "config" not in ckpt or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ddpm checkpoint of format {FORMAT} (no config/format keys)")
     _check_fields(ckpt, path)
@@ -169,6 +210,15 @@ class LoadedRun:
     path: Path
     label_names: tuple[str, ...] = field(default=())
     frozen: nn.Module | None = None
+    _per_item: float | None = field(default=None, repr=False)  # memory per sample (ddpm.memory), once measured
+
+    def check_batch(self, n: int, what: str = "a batch of samples", fix: str = "give a smaller --n") -> None:
+        """Refuse to sample n at once when they would not fit in memory (ddpm.memory.BatchTooLarge, one line)."""
+        if self._per_item is None:
+            device = self.diffusion.betas.device
+            self._per_item = saved_bytes_per_item(lambda b: self.model(
+                torch.zeros(b, *self.shape, device=device), torch.zeros(b, dtype=torch.long, device=device), None))
+        check_batch(n, self._per_item, what, fix, self.diffusion.betas.device)
 
     @property
     def cond(self) -> str:
@@ -205,6 +255,7 @@ class LoadedRun:
         to sample instead of the network (a super-resolution model with its low-res input fixed)."""
         s = sampling or self.config.hook.sampling(self.config)
         n = n if n is not None else len(cond)
+        self.check_batch(n)
         device = self.diffusion.betas.device
         guidance = s.guidance if s.guidance is not None else self.config.train.guidance
         x = sample(model or self.model, self.diffusion, (n, *self.shape), cond, sampler=s.sampler,
@@ -212,34 +263,6 @@ class LoadedRun:
                    guidance_scale=guidance if cond is not None else None, generator=generator, device=device,
                    progress=progress, **self.sampler_options(s.options))
         return self.decode(x)
-
-
-def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = False,
-                 frozen: str | os.PathLike | None = None) -> Path:
-    """Write only the EMA weights and config of a run (for shipping a small pretrained model).
-
-    frozen: for a run that builds on a frozen network (a latent run's autoencoder, an unCLIP stage's CLIP), the
-    file the exported model should name from now on (e.g. the exported autoencoder beside it). Its weights must
-    be the ones the run was trained with (same fingerprint). A file in the same folder as ``out`` is named by its
-    file name alone, so the pair can move together.
-    """
-    path = checkpoint_path(run)
-    ckpt = load_checkpoint(path)
-    config = _read_config(ckpt, path)
-    if frozen is not None:
-        hook = config.hook
-        if hook.frozen_field is None:
-            raise CheckpointError(f"{path} is a {config.kind!r} run: it builds on no frozen network (--autoencoder is "
-                                  f"for latent runs, --clip for unCLIP's prior and decoder)")
-        found = checkpoint_path(frozen)
-        hook.load_frozen(config.replace(**{hook.frozen_field: str(found)}), None, "cpu")  # refuses other weights
-        named = found.name if found.resolve().parent == Path(out).resolve().parent else str(found)
-        config = config.replace(**{hook.frozen_field: named})
-    weights = ckpt["ema"]
-    if half:
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    return save_atomic({"format": FORMAT, "step": ckpt["step"], "config": config.to_dict(), "ema": weights,
-                        "label_names": ckpt.get("label_names", [])}, out)
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -275,7 +298,7 @@ def load_frozen_network(path: Path, network: str, fingerprint: str | None, user:
     """(the frozen network of a file, eval mode on the CPU, the fingerprint of its weights); refuses another
     network and weights whose fingerprint differs from the recorded one. user: who needs it ("latent model")."""
     ckpt = load_checkpoint(path)
-    config = _read_config(ckpt, path)
+    config = read_config(ckpt, path)
     if config.network != network:
         raise CheckpointError(f"{path} is a {config.network} model, not a {network}; the {user} needs the {network} "
                               f"it was trained on")
@@ -312,7 +335,8 @@ def migrate_config(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _read_config(ckpt: dict[str, Any], path: Path) -> Config:
+def read_config(ckpt: dict[str, Any], path: str | os.PathLike) -> Config:
+    """The Config of a loaded checkpoint (migrated from older layouts), or one line saying why it cannot be read."""
     try:
         return Config.from_dict(migrate_config(ckpt["config"]))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -320,7 +344,17 @@ def _read_config(ckpt: dict[str, Any], path: Path) -> Config:
                               f"{type(e).__name__}: {str(e)[:160]}") from None
 
 
+def check_finite(weights: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse weights with a NaN or an infinity: a network made of them draws noise or black images, silently."""
+    for name, v in weights.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(f"{path}: the weights {name} hold {bad} non-finite value(s) (NaN or inf); this "
+                                  f"file cannot give images: use an earlier checkpoint or train again")
+
+
 def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    check_finite(weights, path)
     state = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     try:
         model.load_state_dict(state)
@@ -339,7 +373,7 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", use_ema
     """
     path = checkpoint_path(run)
     ckpt = load_checkpoint(path)
-    config = _read_config(ckpt, path)
+    config = read_config(ckpt, path)
     if expect_preset is not None and config.preset != expect_preset:
         raise CheckpointError(f"{path} was trained with preset {config.preset!r}, not {expect_preset!r}")
     key = "ema" if use_ema else "model"

@@ -21,6 +21,7 @@ from ddpm._util import check_mode, dataclass_from_dict
 from ddpm.datasets import caption_max_words, caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS
 from ddpm.nn.unet import UNetConfig
+from ddpm.samplers import check_guidance
 from ddpm.schedules import SCHEDULES
 
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "toy2d"]
@@ -101,6 +102,7 @@ class TrainConfig:
             raise ValueError(f"cond_lr_scale must be in [0, 1] (a multiple of lr), got {self.cond_lr_scale}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        check_guidance(self.guidance, "train.guidance (the grids' guidance scale)")
 
 
 # A short CPU run: high learning rate with a short warmup and cosine decay, a fast-settling EMA, and a step count

@@ -30,6 +30,7 @@ safetensors, or ``torch.load(weights_only=True)`` for .bin files.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddpm.checkpoints import FORMAT, CheckpointError, save_atomic
+from ddpm._files import atomic_folder
+from ddpm.checkpoints import FORMAT, CheckpointError, check_finite, read_torch_file, save_atomic
+from ddpm.exports import check_model_output
 from ddpm.nn.unet import UNet, UNetConfig
 from ddpm.presets import get_preset
 
@@ -86,8 +89,41 @@ def _refuse(field: str, value: Any, expected: str) -> ValueError:
     return ValueError(f"diffusers config {field}={value!r} cannot be converted: expected {expected}")
 
 
+# The JSON types of the fields whose default is None (the others take their default's type).
+_NULLABLE: dict[str, tuple[type, ...]] = {
+    "sample_size": (int, list), "time_embedding_dim": (int,), "attention_head_dim": (int,),
+    "attn_norm_num_groups": (int,), "class_embed_type": (str,), "num_class_embeds": (int,),
+    "num_train_timesteps": (int,)}
+
+
+def _check_types(cfg: Any) -> None:
+    """A config.json that is a JSON object whose fields have UNet2DModel's types (a number where a number goes,
+    a list of names or numbers where a list goes), else a ValueError naming the first field that does not."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"diffusers config.json holds {type(cfg).__name__ if cfg is not None else 'null'}, not a "
+                         f"JSON object of UNet2DModel's fields")
+    for key, value in cfg.items():
+        if key.startswith("_") or key not in _DIFFUSERS_DEFAULTS:
+            continue
+        default = _DIFFUSERS_DEFAULTS[key]
+        types = _NULLABLE.get(key, (type(default),)) if default is None or key in _NULLABLE else (type(default),)
+        if type(default) is float:
+            types = (int, float)
+        ok = value is None and (default is None or key in _NULLABLE) or (
+            isinstance(value, types) and not (isinstance(value, bool) and bool not in types))
+        if ok and isinstance(value, list):
+            inner = (str,) if key.endswith("_types") else (int,)
+            ok = all(isinstance(v, inner) and not isinstance(v, bool) for v in value)
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if not ok:
+            want = " or ".join(t.__name__ for t in types)
+            raise ValueError(f"diffusers config {key}={repr(value)[:60]} cannot be converted: expected {want}")
+
+
 def unet_config_from_diffusers(cfg: dict[str, Any]) -> UNetConfig:
     """Our UNetConfig for a diffusers UNet2DModel config dict; ValueError naming the first field that differs."""
+    _check_types(cfg)
     unknown = sorted(k for k in cfg if not k.startswith("_") and k not in _DIFFUSERS_DEFAULTS)
     if unknown:
         raise ValueError(f"diffusers config {unknown[0]}={cfg[unknown[0]]!r} cannot be converted: not a field of "
@@ -262,19 +298,22 @@ def _find_files(path: Path) -> tuple[Path, Path]:
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
     """Tensors of a .safetensors file, or of a .bin/.pt file loaded with weights_only=True (no arbitrary code)."""
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix != ".safetensors":
+        state = read_torch_file(path, what="weights file")  # one message for a refused pickle, whatever reads it
+    else:
+        try:
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError:
-        raise CheckpointError(f"reading {path.name} needs the safetensors package: pip install safetensors") from None
-    except Exception as e:  # truncated file, not a weights file, pickle with objects beyond tensors
-        raise CheckpointError(f"{path} is not a readable weights file ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+            state = load_file(str(path))
+        except ImportError:
+            raise CheckpointError(f"reading {path.name} needs the safetensors package: pip install safetensors") \
+                from None
+        except Exception as e:  # truncated file, not a safetensors file
+            raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:160] if str(e) else 'empty'})") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a flat dict of tensors (a diffusers state dict)")
+    check_finite(state, path)
     return state
 
 
@@ -288,24 +327,27 @@ def from_diffusers(folder_or_file: str | Path) -> tuple[UNetConfig, dict[str, Te
         cfg = json.loads(config_path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"no config.json beside {weights_path}") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path} is not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({str(e)[:120]})") from None
     config = unet_config_from_diffusers(cfg)
     return config, state_from_diffusers(config, _read_weights(weights_path))
 
 
 def to_diffusers(model: UNet | tuple[UNetConfig, dict[str, Tensor]], out_folder: str | Path) -> Path:
     """Write config.json and diffusion_pytorch_model.safetensors, loadable by
-    ``diffusers.UNet2DModel.from_pretrained(out_folder)``. ``model`` is a UNet or (UNetConfig, state dict)."""
+    ``diffusers.UNet2DModel.from_pretrained(out_folder)``. ``model`` is a UNet or (UNetConfig, state dict).
+
+    The folder appears whole or not at all (ddpm._files.atomic_folder: a kill or a full disk leaves no half model),
+    and must be new or empty: a folder that holds anything is refused, never replaced."""
     from safetensors.torch import save_file
 
     config, state = (model.config, model.state_dict()) if isinstance(model, UNet) else model
     cfg = diffusers_config(config)
     weights = {k: v.detach().float().cpu() for k, v in state_to_diffusers(config, state).items()}
     out = Path(out_folder)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    save_file(weights, str(out / WEIGHT_NAMES[0]), metadata={"format": "pt"})
+    with atomic_folder(out) as tmp:
+        save_file(weights, str(tmp / WEIGHT_NAMES[0]), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
 
@@ -313,8 +355,10 @@ def convert_to_run(folder: str | Path, out_path: str | Path) -> Path:
     """A diffusers CIFAR-10 U-Net -> an exported model file (like ``export_model``'s) of the ``ddpm-cifar10``
     preset with the converted network, which ``load_run``, ``sample`` and ``evaluate`` take.
 
-    The step is 0: diffusers folders do not record how long the model was trained.
+    The step is 0: diffusers folders do not record how long the model was trained. ``out_path`` may be new or an
+    exported model, never a run's training checkpoint (checkpoints.check_model_output).
     """
+    check_model_output(out_path)
     model_config, state = from_diffusers(folder)
     if (model_config.in_channels, model_config.image_size) != (3, 32):
         raise ValueError(f"the ddpm-cifar10 preset is for 3x32x32 CIFAR-10 images, this model is "

@@ -9,7 +9,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "lr_factor", "EMA", "steps_for_budget", "TimeBudget", "BUDGET_WARMUP", "BUDGET_TIMED"]
+__all__ = ["param_groups", "lr_factor", "EMA", "steps_for_budget", "TimeBudget", "BUDGET_WARMUP", "BUDGET_TIMED",
+           "MAX_MINUTES"]
 
 BUDGET_WARMUP, BUDGET_TIMED = 2, 8  # steps run before timing (one-time costs), and steps timed, for a time budget
 
@@ -68,6 +69,9 @@ def steps_for_budget(seconds_left: float, s_per_step: float, step: int, sample_s
     return max(step + int((seconds_left - grid) / s_per_step), step, 1)
 
 
+MAX_MINUTES = 7 * 24 * 60  # a week: the longest time budget (a longer run: give --steps)
+
+
 class TimeBudget:
     """The total step count of a run that should end after ``minutes`` of wall time, planned twice: after
     BUDGET_WARMUP untimed and BUDGET_TIMED timed steps, and again when the learning-rate warmup ends, from
@@ -75,6 +79,9 @@ class TimeBudget:
     before). The lr during the warmup does not depend on the total, so the second plan changes no step taken."""
 
     def __init__(self, minutes: float, first_step: int, start_time: float, sample_steps: int, batch_size: int):
+        if not 0 < minutes <= MAX_MINUTES:
+            raise ValueError(f"a time budget must be more than 0 and at most {MAX_MINUTES} minutes (a week), "
+                             f"got {minutes:g}")
         self.minutes, self.first, self.start = minutes, first_step, start_time
         self.sample_steps, self.batch_size = sample_steps, batch_size
         self.plans, self.timed_from, self.planned_at, self.planned_time = 0, 0.0, 0, 0.0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm._util import write_text_atomic
+from ddpm._files import write_text_atomic
 
 __all__ = ["RunLog", "NUM_T_BUCKETS", "LOG_NAME", "LOSS_BY_T_NAME", "LOG_COLUMNS", "bucket_columns"]
 

@@ -34,7 +34,8 @@ import torch.distributed
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ddpm._util import FolderLock, remove_stale_temporaries, stop_on_sigint, write_text_atomic
+from ddpm._files import FolderLock, remove_stale_temporaries, write_text_atomic
+from ddpm._util import stop_on_sigint
 from ddpm.checkpoints import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -43,14 +44,16 @@ from ddpm.checkpoints import (
     build_model,
     config_json,
     load_checkpoint,
-    migrate_config,
+    read_config,
     save_atomic,
 )
 from ddpm.config import Config, resume_changes
 from ddpm.data import training_loader
 from ddpm.datasets import Labels, captions_for
-from ddpm.optim import EMA, TimeBudget, lr_factor, param_groups
+from ddpm.memory import BatchTooLarge, check_batch, saved_bytes_per_item
+from ddpm.optim import EMA, MAX_MINUTES, TimeBudget, lr_factor, param_groups
 from ddpm.pipelines.base import GridInputs
+from ddpm.resume import RESUME_KEYS, check_config_json
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state
 from ddpm.samplers import bf16_is_fast
@@ -91,12 +94,14 @@ class Trainer:
         self.lock = FolderLock(self.run_dir).acquire() if dist.is_main else None
         try:
             self._build(dataset)
+            self.notes: list[str] = []  # what --resume found and did (a hand-edited config.json kept aside)
             self.changes: list[str] = self._resume() if resume else []
             if not resume and dist.is_main and (self.run_dir / CHECKPOINT_NAME).exists():
                 raise TrainingError(f"{self.run_dir} already holds a checkpoint; continue it with --resume, or "
                                     f"choose another --name")
         except BaseException:
-            self.close()
+            if self.lock is not None:  # a refused run leaves no folder holding only a lock file
+                self.lock.release(remove_if_unused=True)
             raise
 
     def _build(self, dataset) -> None:
@@ -112,6 +117,7 @@ class Trainer:
         self.loader = training_loader(self.config, self.local_batch, dist, dataset, self.frozen)
         self.label_names = tuple(getattr(self.loader.dataset, "label_names", ()))
         self.model = build_model(self.config).to(self.device)
+        self._check_memory()
         self.diffusion = build_diffusion(self.config, self.device)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
@@ -129,6 +135,16 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if tc.compile:
             self.net = torch.compile(self.net)
+
+    def _check_memory(self) -> None:
+        """Refuse a batch that would not fit in the memory free now, before its first step (ddpm.memory)."""
+        shape, device = self.config.sample_shape, self.device
+        per = saved_bytes_per_item(lambda b: self.model(torch.zeros(b, *shape, device=device),
+                                                        torch.zeros(b, dtype=torch.long, device=device), None))
+        try:
+            check_batch(self.local_batch, per, "a training batch", "give a smaller --batch-size", device, training=True)
+        except BatchTooLarge as e:
+            raise TrainingError(str(e)) from None
 
     def close(self) -> None:
         """Release the run folder's lock (fit does this when it returns)."""
@@ -219,11 +235,22 @@ class Trainer:
         return path
 
     def _resume(self) -> list[str]:
-        ckpt = load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device)
+        path = self.run_dir / CHECKPOINT_NAME
+        ckpt = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in RESUME_KEYS if k not in ckpt]
+        if missing:
+            raise TrainingError(f"{path} is an exported model (EMA weights only, no {', '.join(missing[:3])}), not a "
+                                f"training checkpoint: it cannot be resumed; sample it, or train a new --name")
+        saved = read_config(ckpt, path)
         try:
-            changes = resume_changes(Config.from_dict(migrate_config(ckpt["config"])), self.config)
+            changes = resume_changes(saved, self.config)
         except ValueError as e:
             raise TrainingError(str(e)) from None
+        if self.dist.is_main:
+            try:
+                self.notes = check_config_json(self.run_dir / CONFIG_NAME, saved, path)
+            except CheckpointError as e:
+                raise TrainingError(str(e)) from None
         if len(ckpt["rng"]) != self.dist.world_size:
             raise TrainingError(f"{self.run_dir} was trained on {len(ckpt['rng'])} processes; resume it on as many")
         self.model.load_state_dict(ckpt["model"])
@@ -311,8 +338,8 @@ class Trainer:
         the count is stored in the config (config.json, checkpoints), so the learning-rate schedule and
         --resume use it. ``self.budget`` records what was measured and chosen.
         """
-        if minutes is not None and not minutes > 0:
-            raise ValueError(f"minutes must be positive, got {minutes}")
+        if minutes is not None and not 0 < minutes <= MAX_MINUTES:
+            raise ValueError(f"minutes must be more than 0 and at most {MAX_MINUTES} (a week), got {minutes:g}")
         try:
             return self._fit(until, final_samples, minutes)
         finally:

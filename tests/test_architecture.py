@@ -28,6 +28,7 @@ FOLDER_PACKAGES = [f"ddpm.pipelines.{p.name}" for p in sorted((PKG / "pipelines"
 # with * (a pipeline folder) exactly the modules it names; a later match wins
 LAYERS = [
     ["ddpm._util"],
+    ["ddpm._files"],
     ["ddpm.datasets"],
     ["ddpm.nn", "ddpm.schedules", "ddpm.pipelines.*.autoencoder", "ddpm.pipelines.*.clip", "ddpm.pipelines.*.prior"],
     ["ddpm.diffusion"],
@@ -35,8 +36,9 @@ LAYERS = [
     ["ddpm.samplers", "ddpm.conditions"],
     ["ddpm.viz"],
     ["ddpm.pipelines"],
-    ["ddpm.config", "ddpm.runtime", "ddpm.optim", "ddpm.runlog"],
+    ["ddpm.config", "ddpm.runtime", "ddpm.memory", "ddpm.optim", "ddpm.runlog"],
     ["ddpm.checkpoints"],
+    ["ddpm.exports", "ddpm.resume"],
     ["ddpm.pipelines.*.stage", "ddpm.pipelines.*.figures", "ddpm.pipelines.*.presets", *FOLDER_PACKAGES],
     ["ddpm.presets"],
     ["ddpm.data"],

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm._util import FolderLock, LockError
+from ddpm._files import FolderLock, LockError
 from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_atomic
 from ddpm.cli import main
 from ddpm.presets import get_preset
@@ -127,7 +127,7 @@ def test_the_lock_goes_with_its_process(tmp_path):
         with pytest.raises(LockError, match=f"pid {os.getpid()}"):
             FolderLock(tmp_path).acquire()
     FolderLock(tmp_path).acquire().release()  # released: free again
-    subprocess.run([sys.executable, "-c", f"from ddpm._util import FolderLock; FolderLock({str(tmp_path)!r})"
+    subprocess.run([sys.executable, "-c", f"from ddpm._files import FolderLock; FolderLock({str(tmp_path)!r})"
                     f".acquire(); import os; os._exit(9)"], env=ENV, check=False)
     FolderLock(tmp_path).acquire().release()  # a killed holder leaves no lock behind
 
@@ -141,7 +141,7 @@ def test_killed_during_a_log_rewrite_the_old_log_survives(tmp_path):
         log.record(torch.full((4,), 0.5), torch.arange(4))
         log.write(step, 1e-3, 1.0, 4)
     before = (run / "log.csv").read_text()
-    script = ("import os, ddpm._util as u\n"
+    script = ("import os, ddpm._files as u\n"
               "def die(f):\n    f.write(b'step,loss\\n1,0.')\n    f.flush()\n    os.kill(os.getpid(), 9)\n"
               f"u.atomic_write({str(run / 'log.csv')!r}, die)\n")
     proc = subprocess.run([sys.executable, "-c", script], env=ENV)

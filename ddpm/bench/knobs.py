@@ -100,8 +100,10 @@ def _train_variants(model, train_step: Callable[..., Any], x0: torch.Tensor, dev
 
 
 def _null_like(cond):
-    """The null condition for each sample: class -1, or the empty prompt."""
-    return torch.full_like(cond, -1) if isinstance(cond, torch.Tensor) else [""] * len(cond)
+    """The null condition for each sample: class -1, the zero embedding, or the empty prompt."""
+    if isinstance(cond, torch.Tensor):
+        return torch.zeros_like(cond) if cond.is_floating_point() else torch.full_like(cond, -1)
+    return [""] * len(cond)
 
 
 def _cat_cond(a, b):

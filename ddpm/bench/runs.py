@@ -28,15 +28,18 @@ from ddpm.bench.measure import (
     time_calls,
     train_flops,
 )
-from ddpm.checkpoints import build_diffusion, build_model
+from ddpm.checkpoints import build_diffusion, build_model, checkpoint_path, find_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.config import Config
 from ddpm.datasets import ImageDataset, dataset_label_names
+from ddpm.memory import check_batch, saved_bytes_per_item
+from ddpm.pipelines.base import kind
 from ddpm.presets import get_preset
 from ddpm.samplers import ancestral_sample, bf16_is_fast, ddim_sample, sample
 from ddpm.training import Trainer
 
-__all__ = ["bench_training", "bench_sampling", "fast_sampling", "run_bench", "GOALS", "FAST_SAMPLING", "train_step_of"]
+__all__ = ["bench_training", "bench_sampling", "fast_sampling", "run_bench", "GOALS", "FAST_SAMPLING", "train_step_of",
+           "check_bench_batches"]
 
 # what the report compares the mnist preset against on a 2-core CPU; reported, never asserted
 GOALS = {"train_mfu": 0.60, "ancestral_64x1000_s": 60.0, "ddim50_64_s": 5.0}
@@ -48,10 +51,15 @@ def _autocast(device: torch.device, bf16: bool):
 
 
 def _condition(config: Config, n: int, device: torch.device):
-    """The model's condition for n class-balanced samples (ddpm.conditions): labels, prompts or None."""
+    """The model's condition for n class-balanced samples (ddpm.conditions): labels, prompts or None; for a
+    network conditioned on an embedding (unCLIP's decoder), n random unit vectors [n, D] standing in for CLIP
+    image embeddings (a network's speed does not depend on the values it is given)."""
     mode = config.model.cond
     if mode == "none":
         return None
+    if mode == "embedding":
+        e = torch.randn(n, config.model.embed_dim, generator=torch.Generator().manual_seed(0))
+        return torch.nn.functional.normalize(e, dim=-1).to(device)
     names = dataset_label_names(config.data.dataset)
     labels = balanced_labels(n, num_conditions(mode, config.model.num_classes, names))
     cond = condition_for_labels(mode, labels, names, config.data.dataset)
@@ -86,7 +94,7 @@ def bench_training(config: Config, device: torch.device, *, steps: int = 10, war
     """Seconds per ``Trainer.train_step`` (forward, backward, clip, optimizer, EMA) at the config's batch
     size, on synthetic data (images) or the preset's toy points. bf16: bf16 autocast (TrainConfig.precision)."""
     bs = config.train.batch_size
-    config = config.replace(precision="bf16" if bf16 else "fp32", compile=False)
+    config = _with_frozen(config).replace(precision="bf16" if bf16 else "fp32", compile=False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, Path(tmp) / "run", device=device, progress=False,
                           dataset=_synthetic_dataset(config, max(2 * bs, 256)))
@@ -101,6 +109,15 @@ def bench_training(config: Config, device: torch.device, *, steps: int = 10, war
     out = summary(times)
     out.update(batch_size=bs, images_per_s=bs / out["median_s"], images_per_s_best=bs / out["best_s"])
     return out
+
+
+def _with_frozen(config: Config) -> Config:
+    """The config with the frozen network its Kind trains on (unCLIP's decoder: its CLIP, which encodes every
+    batch) found as a preset's run is: the path it names, else runs/<name>, else the shipped model."""
+    field = kind(config.kind).frozen_field
+    if field is None or checkpoint_path(getattr(config.stage, field)).exists():
+        return config
+    return config.replace(**{field: str(find_run(None, Path(getattr(config.stage, field)).name))})
 
 
 # ------------------------------------------------------------------ sampling
@@ -239,6 +256,20 @@ def run_bench(preset: str = "mnist", *, batch_size: int | None = None, sample_ba
     result["goals"] = _goals(result["results"]["fp32"])
     result["machine"]["loadavg_end"] = loadavg()
     return result
+
+
+def check_bench_batches(preset: str, batch_size: int | None, sample_batch: int,
+                        device: torch.device | str = "cpu") -> None:
+    """Refuse, before anything is allocated, a training or sampling batch of the preset's network that would not
+    fit in the memory free now (ddpm.memory: one line, with the batch that would fit)."""
+    config = get_preset(preset)
+    device = torch.device(device)
+    model = build_model(config).to(device)
+    per = saved_bytes_per_item(lambda b: model(torch.zeros(b, *config.sample_shape, device=device),
+                                               torch.zeros(b, dtype=torch.long, device=device), None))
+    check_batch(batch_size or config.train.batch_size, per, "a training batch", "give a smaller --batch-size",
+                device, training=True)
+    check_batch(max(sample_batch, 64), per, "a sampling batch", "give a smaller --sample-batch", device)
 
 
 def _settings(preset: str, batch_size: int | None, sample_batch: int, quick: bool, full: bool,

@@ -16,7 +16,8 @@ import importlib
 import importlib.util
 import sys
 
-from ddpm._util import LockError, set_threads, shorten
+from ddpm._files import LockError
+from ddpm._util import set_threads, shorten
 from ddpm.checkpoints import CheckpointError
 from ddpm.cli import bench, evaluate, export, sample, train, visualize
 from ddpm.cli import convert as convert_cmd
@@ -96,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # FileNotFoundError, PermissionError, a full disk, ...
         print(f"error: {shorten(_os_error(e), MAX_ERROR)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; give a smaller --n, --batch-size or --sample-batch", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch's allocators: the estimate of ddpm.memory could not see this one coming
+        if "allocate" not in str(e) and "out of memory" not in str(e):
+            raise
+        print(f"error: out of memory ({shorten(str(e).splitlines()[0], 120)}); give a smaller --n, --batch-size or "
+              f"--sample-batch", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 
-from ddpm._util import write_text_atomic
+from ddpm._files import write_json
 from ddpm.bench import format_bench, run_bench
+from ddpm.bench.runs import check_bench_batches
 from ddpm.cli.common import UsageError, add_device_flags, check_output, positive_int, setup_device
 from ddpm.presets import BENCH, NOT_BENCHED, PRESETS
 
@@ -46,6 +46,7 @@ def run(args) -> int:
         raise UsageError(f"{args.preset} is {NOT_BENCHED[args.preset]}")
     out = check_output(args.out, (".json",), "--out")
     device = setup_device(args)
+    check_bench_batches(args.preset, args.batch_size, args.sample_batch, device)
     side_by_side = importlib.import_module(BENCH[args.preset]) if args.preset in BENCH else None
     progress = lambda s: print(f"... {s}", flush=True)  # noqa: E731
     if side_by_side is not None:  # a system's preset, measured beside the pixel model it competes with
@@ -59,6 +60,6 @@ def run(args) -> int:
                            train_steps=args.train_steps, sample_steps=args.sample_steps, progress=progress)
         text = format_bench(result)
     print(text)
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0

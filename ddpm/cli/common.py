@@ -12,20 +12,21 @@ from pathlib import Path
 
 import torch
 
+from ddpm._files import is_ddpm_json, record_path
 from ddpm._util import set_threads, shorten
-from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, load_run
+from ddpm.checkpoints import CHECKPOINT_NAME, CheckpointError, LoadedRun, load_run
 from ddpm.checkpoints import PRETRAINED as SHIPPED  # the folder of the shipped models
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.diffusion import VARIANCES
+from ddpm.exports import check_model_output
 from ddpm.nn.conditioning import UnknownWordsError
 from ddpm.runtime import DEVICE_HELP, select_device
-from ddpm.samplers import PRECISIONS, SAMPLERS, SPACINGS, THRESHOLDS, default_steps
+from ddpm.samplers import PRECISIONS, SAMPLERS, SPACINGS, THRESHOLDS, check_guidance, default_steps
 
 __all__ = ["UsageError", "check_prompt", "DEFAULT_RUN", "PRETRAINED", "DEFAULT_TEXT_RUN", "PRETRAINED_TEXT",
-           "positive_int", "nonnegative_int", "finite_float", "nonnegative_float", "add_run_flag", "add_sampler_flags",
-           "sampler_flags", "add_device_flags",
-           "setup_device", "resolve_run", "load_image_run", "resolve_condition", "class_index", "check_output",
-           "MAX_ECHO", "vocabulary_text"]
+           "positive_int", "nonnegative_int", "finite_float", "nonnegative_float", "guidance_scale", "add_run_flag",
+           "add_sampler_flags", "sampler_flags", "add_device_flags", "setup_device", "resolve_run", "load_image_run",
+           "resolve_condition", "class_index", "check_output", "check_record", "MAX_ECHO", "vocabulary_text"]
 
 DEFAULT_RUN = "runs/mnist"
 PRETRAINED = SHIPPED / "mnist.pt"
@@ -77,6 +78,15 @@ def nonnegative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
+
+
+def guidance_scale(text: str) -> float:
+    """argparse type: a classifier-free guidance scale, finite and at most MAX_GUIDANCE in size."""
+    value = finite_float(text)
+    try:
+        return check_guidance(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_run_flag(p: argparse.ArgumentParser) -> None:
@@ -273,4 +283,39 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str) 
         raise UsageError(f"{flag} {shown}: no permission to write in {parent}")
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {shown}: the file exists and is not writable")
+    if path.exists():
+        _check_replaceable(path, flag, shown)
     return path
+
+
+SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n", "a PNG image"), ".gif": (b"GIF8", "a GIF animation")}
+
+
+def _check_replaceable(path: Path, flag: str, shown: str) -> None:
+    """A file that exists may be replaced only by one of its kind: a model ddpm exported by another (never a run's
+    training checkpoint), a JSON report or record ddpm wrote (never a run's config.json or a user's JSON), a PNG
+    or GIF by another."""
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        try:
+            check_model_output(path)
+        except CheckpointError as e:
+            raise UsageError(f"{flag}: {e}") from None
+        return
+    if suffix == ".json":
+        ok, kind = is_ddpm_json(path), "a JSON report or record that ddpm wrote"
+    elif suffix in SIGNATURES:
+        head, kind = SIGNATURES[suffix]
+        with path.open("rb") as f:
+            ok = f.read(len(head)) == head
+    else:
+        return
+    if not ok:
+        raise UsageError(f"{flag} {shown} exists and is not {kind}; ddpm replaces only a file of the kind it writes: "
+                         f"choose another name, or delete the file first")
+
+
+def check_record(output: Path) -> Path:
+    """The record beside an output (ddpm._files.record_path: output's name with .json added), checked like an
+    output: a file of that name that ddpm did not write is refused, never replaced."""
+    return check_output(record_path(output), (".json",), f"the record of {shorten(output, 80)}")

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ddpm._util import shorten
 from ddpm.checkpoints import load_run
 from ddpm.cli.common import UsageError, check_output
 from ddpm.convert import WEIGHT_NAMES, convert_to_run, to_diffusers
@@ -38,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise UsageError("--to-diffusers needs --run RUN_OR_PT (a run folder or an exported .pt)")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "a file" if not out.is_dir() else "a folder that is not empty"
+        raise UsageError(f"--out {shorten(out, 160)} is {what}; give a new folder name (ddpm does not replace what "
+                         f"a folder holds)")
     loaded = load_run(args.run)
     if not isinstance(loaded.model, UNet):
         raise ValueError(f"{args.run} is not a U-Net model (preset {loaded.config.preset!r})")

@@ -13,10 +13,9 @@ FID when pytorch-fid and its weights are installed. The report goes to <run>/eva
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ddpm._util import write_text_atomic
+from ddpm._files import write_json
 from ddpm.cli import common
 from ddpm.metrics import evaluate_run, format_report, format_sweep, quality_sweep, report_path
 from ddpm.viz import plot_quality_vs_calls
@@ -30,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="samples for the sample-quality metrics (0: skip; default 1000); for an autoencoder, the "
                         "test images it reconstructs (0: all)")
     common.add_sampler_flags(p, several=True)
-    p.add_argument("--guidance", type=common.finite_float, default=None,
+    p.add_argument("--guidance", type=common.guidance_scale, default=None,
                    help="guidance scale (default: the run's train.guidance)")
     p.add_argument("--bpd-images", type=common.nonnegative_int, default=64,
                    help="test images for bits/dim (default 64; 0: skip). The bound costs T network "
@@ -84,7 +83,7 @@ def _sweep(args, run_path: Path) -> int:
     result = quality_sweep(run_path, args.sampler, args.steps or [None], n_samples=args.n_samples,
                            guidance=args.guidance, seed=args.seed, batch_size=args.sample_batch_size,
                            classifier=args.classifier, options=options, device=device, progress=not args.no_progress)
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     plot_quality_vs_calls(result["rows"], title=f"{result['run']}: quality per model call", path=png)
     print(format_sweep(result))
     print(f"wrote {out} and {png}")

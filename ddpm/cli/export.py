@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ddpm.checkpoints import export_model
 from ddpm.cli.common import UsageError, check_output
+from ddpm.exports import export_model
 
 __all__ = ["add_arguments", "run"]
 

@@ -16,7 +16,7 @@ from ddpm.cli.common import (
     add_run_flag,
     add_sampler_flags,
     check_output,
-    finite_float,
+    guidance_scale,
     load_image_run,
     nonnegative_int,
     positive_int,
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, default=None, help="number of images (default: 8 per class, or 64)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     add_sampler_flags(p, default="dpmpp-2m", precision="auto")
-    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale s (1: none; default: "
+    p.add_argument("--guidance", type=guidance_scale, help="classifier-free guidance scale s (1: none; default: "
                                                          "the run's config)")
     p.add_argument("--class", dest="klass", help="class label (index or name, e.g. 7 or seven)")
     p.add_argument("--prompt", help='text prompt for text-conditioned runs, e.g. "a thick slanted seven"')
@@ -69,6 +69,8 @@ def run(args) -> int:
         print(vocabulary_text(loaded))
         return 0
     out, gif = _outputs(args, loaded)
+    if args.n is not None:
+        loaded.check_batch(args.n)  # before the n conditions are made
     cond, n, nrow = resolve_condition(loaded, args.n, args.klass, args.prompt)
     if isinstance(cond, torch.Tensor):
         cond = cond.to(device)

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch.distributed
 
 from ddpm._util import set_threads
-from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint, migrate_config
+from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint, read_config
 from ddpm.cli.common import UsageError, add_device_flags, finite_float, nonnegative_int, positive_int
 from ddpm.config import Config
+from ddpm.optim import MAX_MINUTES
 from ddpm.presets import PRESETS, get_preset
 from ddpm.runtime import setup_distributed
 from ddpm.training import Trainer
@@ -25,6 +26,14 @@ def _positive_float(text: str) -> float:
     value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    value = _positive_float(text)
+    if value > MAX_MINUTES:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_MINUTES} minutes (a week; for a longer run give "
+                                         f"--steps), got {value:g}")
     return value
 
 
@@ -49,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue runs/<name> from its checkpoint")
     p.add_argument("--steps", type=positive_int, help="total optimizer steps")
-    p.add_argument("--minutes", type=_positive_float, help="a time budget: time the first steps, then fix --steps so "
+    p.add_argument("--minutes", type=_minutes, help="a time budget: time the first steps, then fix --steps so "
                                                            "that the run ends after about this many minutes here")
     p.add_argument("--batch-size", type=positive_int, help="global batch size")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate")
@@ -108,7 +117,7 @@ def train_config(args, run_dir: Path) -> Config:
             raise UsageError(f"{flag} is for a new run of a preset that has it ({takers}); a resumed run keeps its own")
     if not args.resume:
         return get_preset(args.preset or "mnist", **_overrides(args))
-    saved = Config.from_dict(migrate_config(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"]))
+    saved = read_config(load_checkpoint(run_dir / CHECKPOINT_NAME), run_dir / CHECKPOINT_NAME)
     if args.preset is not None and args.preset != saved.preset:
         raise UsageError(f"{run_dir} was trained with preset {saved.preset!r}, not {args.preset!r}; drop --preset "
                          f"to resume it")
@@ -141,6 +150,8 @@ def run(args) -> int:
               + (f", resuming at step {trainer.step}" if args.resume else ""), flush=True)
         for change in trainer.changes:
             print(f"changed on resume: {change}", flush=True)
+        for note in trainer.notes:
+            print(f"note: {note}", flush=True)
     if dist.is_main:
         _check_load(args)
     summary = trainer.fit(minutes=args.minutes)

@@ -69,12 +69,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_flags(p)
 
 
+# the most images (rows) or points a figure can show: more would be a figure no one can read, and memory spent
+MAX_N = {"forward": 32, "pitfall": 32, "histogram": 10_000, "chain": 100_000, "reverse": 64, "loss-profile": 10_000,
+         "toy": 100_000}
+
+
 def run(args) -> int:
     """Write the figures of ``args.what`` and print one path per line."""
     device = setup_device(args)
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out-dir {shorten(out, MAX_ECHO)} is a file, not a folder")
+    most = MAX_N.get(args.what)
+    if args.n is not None and most is not None and args.n > most:
+        raise UsageError(f"--n {args.n:,} is more than the {args.what} figure shows (at most {most:,})")
     torch.manual_seed(args.seed)
     for path in FIGURES[args.what](args, out, device):
         print(path)
@@ -173,7 +181,10 @@ def fig_unet(args, out: Path, device: torch.device) -> list[Path]:
         config = get_preset("mnist")
         model = build_model(config)
     if config.network != "unet":
-        raise UsageError(f"{shorten(args.run, MAX_ECHO)} holds a {config.network} network, not a U-Net")
+        raise UsageError(f"{shorten(args.run, MAX_ECHO)} is a run of kind {config.kind!r} (network: "
+                         f"{type(model).__name__}), not a U-Net: give --run a U-Net run such as "
+                         f"data/pretrained/mnist.pt or unCLIP's decoder data/pretrained/mnist-decoder.pt, or no --run "
+                         f"(the mnist preset's U-Net)")
     (path,) = _outputs(out, f"unet_{config.preset}.png")
     m = config.model
     x = torch.randn(1, m.in_channels, m.image_size, m.image_size)

@@ -11,7 +11,8 @@ Everything a diffusion model trains on comes out of this package in one shape:
 A tour, in the order the data flows:
 
     base.py       DatasetError, DownloadError, DEFAULT_ROOT (the repository's data/ folder)
-    images.py     ImageDataset, to_float / to_uint8, shrink (area averaging), load_image_folder (your own images)
+    images.py     ImageDataset, to_float / to_uint8, shrink (area averaging); your own images: read_image (one
+                  file: 16-bit, transparency, size limit), load_image_folder
     files.py      md5 checks (remembered per process), download: atomic, verified, mirror by mirror
     idx.py        IDX files: read_idx; MNIST and Fashion-MNIST (sources, load_mnist, load_fashion_mnist)
     cifar10.py    CIFAR-10, its pickles opened with a restricted unpickler
@@ -75,10 +76,12 @@ from ddpm.datasets.idx import (
 )
 from ddpm.datasets.images import (
     IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
     ImageDataset,
     area_downsample,
     bicubic_to,
     load_image_folder,
+    read_image,
     shrink,
     to_float,
     to_uint8,
@@ -104,6 +107,7 @@ __all__ = [
     "IDX_IMAGES_MAGIC",
     "IDX_LABELS_MAGIC",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "MNIST",
     "MNIST_LABEL_NAMES",
     "TOY2D_NAMES",
@@ -136,6 +140,7 @@ __all__ = [
     "mnist_edges",
     "mnist_measures",
     "read_idx",
+    "read_image",
     "restricted_unpickle",
     "split_words",
     "tercile_edges",

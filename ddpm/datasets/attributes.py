@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpm._util import atomic_write, num_threads, write_text_atomic
+from ddpm._files import atomic_write, write_text_atomic
+from ddpm._util import num_threads
 from ddpm.datasets.base import DEFAULT_ROOT, _check_split
 from ddpm.datasets.files import _is_verified, _mark_verified, md5_file
 from ddpm.datasets.idx import IDX_IMAGES_MAGIC, MNIST, MNIST_LABEL_NAMES, load_mnist

@@ -1,4 +1,5 @@
-"""The common shape of every image dataset, and loading a folder of your own images.
+"""The common shape of every image dataset, and reading your own images (one file: read_image; a folder of
+them: load_image_folder).
 
     ImageDataset.images   uint8 [N, C, H, W], contiguous, held in memory
     ImageDataset.labels   int64 [N] (or None)
@@ -9,20 +10,28 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ddpm._util import shorten
 from ddpm.datasets.base import DatasetError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "load_image_folder", "to_float", "to_uint8", "area_downsample", "shrink",
-           "upsample", "bicubic_to"]
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageDataset", "load_image_folder", "read_image", "to_float",
+           "to_uint8", "area_downsample", "shrink", "upsample", "bicubic_to"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,27 +161,91 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+# the largest image read: 64 Mpixels (8192 x 8192); a larger one is refused from its header, before decoding
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def read_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
+    """An image file -> a Pillow image, 8-bit "L" (channels 1) or "RGB" (channels 3), upright (EXIF rotation).
+
+    What Pillow's ``convert`` alone gets wrong is done here, and anything unreadable is one DatasetError line
+    that names the file:
+      - larger than MAX_IMAGE_PIXELS: refused from its declared size, before decoding (a decompression bomb);
+      - 16-bit grayscale (mode "I;16" or "I", 0..65535): scaled by 255 / 65535, not clipped at 255; a float
+        image (mode "F") is read as values in [0, 1];
+      - transparency (RGBA, LA, P or a colour marked transparent): composited over white, or over black when
+        that shows more, so a drawing made only in the alpha channel (black or white strokes on a transparent
+        ground) keeps its strokes.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = shorten(path, 80)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with its size
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DatasetError(_too_large(name, f"{w}x{h} pixels"))
+                img = _over_ground(_eight_bit(ImageOps.exif_transpose(im), name))
+                return img.convert("L" if channels == 1 else "RGB")  # a new, loaded image
+    except DatasetError:
+        raise
+    except Image.DecompressionBombError as e:  # beyond Pillow's own limit: refused by Image.open itself
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise DatasetError(_too_large(name, f"{int(found[1]):,} pixels" if found else "too many pixels")) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DatasetError(f"{name}: cannot read this image ({type(e).__name__}: {e})") from None
+
+
+def _too_large(name: str, declared: str) -> str:
+    side = math.isqrt(MAX_IMAGE_PIXELS)
+    return (f"{name}: the image is too large ({declared} declared; at most {MAX_IMAGE_PIXELS:,} pixels are read): "
+            f"give an image of at most {side}x{side}")
+
+
+def _eight_bit(im: Image.Image, name: str) -> Image.Image:
+    """16-bit ("I;16", "I": 0..65535) and float ("F": [0, 1]) grayscale as 8-bit "L"; other modes as they are."""
+    from PIL import Image
+
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return im
+    a = np.asarray(im, dtype=np.float32)
+    top = 1.0 if im.mode == "F" else 65535.0
+    if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= top):
+        raise DatasetError(f"{name}: a mode {im.mode} image with values from {a.min():g} to {a.max():g}; ddpm reads "
+                           f"16-bit images (0..65535) and float images in [0, 1]: save it as an 8- or 16-bit image")
+    return Image.fromarray(np.round(a * (255 / top)).astype(np.uint8))
+
+
+def _over_ground(im: Image.Image) -> Image.Image:
+    """An image with transparency composited over white, or over black when that shows more (a larger spread of
+    gray levels): light strokes on a transparent ground would vanish on white. Opaque images as they are."""
+    from PIL import Image, ImageStat
+
+    if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in im.info:
+        return im
+    rgba = im.convert("RGBA")
+    white, black = (Image.alpha_composite(Image.new("RGBA", rgba.size, (v, v, v, 255)), rgba) for v in (255, 0))
+    spread = [ImageStat.Stat(g.convert("L")).stddev[0] for g in (white, black)]
+    return black if spread[1] > spread[0] else white
+
+
 def _load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
     """One image -> uint8 [H, W] or [H, W, 3]: scale the short side to ``image_size``, crop the center."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)  # photos store their rotation in EXIF
-            if img.mode in ("RGBA", "LA", "P") and (img.mode != "P" or "transparency" in img.info):
-                rgba = img.convert("RGBA")  # transparent pixels become white, not black
-                img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img.alpha_composite(rgba)
-            img = img.convert("L" if channels == 1 else "RGB")
-            w, h = img.size
-            scale = image_size / min(w, h)
-            new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-            img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-            left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-            img = img.crop((left, top, left + image_size, top + image_size))
-            return np.array(img, dtype=np.uint8)  # a writable copy
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{path}: cannot read this image ({exc}); remove or replace it.") from None
+        img = read_image(path, channels)
+    except DatasetError as e:
+        raise DatasetError(f"{e}; remove or replace it.") from None
+    w, h = img.size
+    scale = image_size / min(w, h)
+    new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+    img = img.crop((left, top, left + image_size, top + image_size))
+    return np.array(img, dtype=np.uint8)  # a writable copy
 
 
 def load_image_folder(root: str | os.PathLike, image_size: int, channels: int = 3) -> ImageDataset:

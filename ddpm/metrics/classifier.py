@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ddpm._util import eval_mode, num_threads
-from ddpm.checkpoints import CheckpointError, save_atomic
+from ddpm.checkpoints import CheckpointError, read_torch_file, save_atomic
 from ddpm.datasets import DEFAULT_ROOT, ImageDataset, load_dataset, to_float
 
 __all__ = ["SmallCNN", "classifier_features", "train_classifier", "classifier_path", "load_or_train_classifier",
@@ -153,11 +153,7 @@ def _save_classifier(model: SmallCNN, info: dict[str, Any], dataset: str, path: 
 
 
 def _load_classifier(path: Path, dataset: str | None, device) -> tuple[SmallCNN, dict[str, Any]]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable classifier file ({type(e).__name__}); delete it "
-                              f"and it will be trained again") from None
+    ckpt = read_torch_file(path, what="classifier file (delete it and it will be trained again)")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CLASSIFIER_KIND or ckpt.get("format") != CLASSIFIER_FORMAT:
         raise CheckpointError(f"{path} is not an evaluation classifier of format {CLASSIFIER_FORMAT}; "
                               f"delete it and it will be trained again")

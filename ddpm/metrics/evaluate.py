@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -18,7 +17,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddpm._util import select_condition, write_text_atomic
+from ddpm._files import write_json
+from ddpm._util import select_condition
 from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, checkpoint_path, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.datasets import ImageDataset, bicubic_to, load_dataset, mnist_edges, shrink, to_float, to_uint8
@@ -232,7 +232,7 @@ def evaluate_run(run: str | os.PathLike | LoadedRun, *, n_samples: int = 1000, s
 
 def _write(report: dict[str, Any], out, loaded: LoadedRun, start: float) -> dict[str, Any]:
     report["seconds"] = round(time.perf_counter() - start, 1)
-    path = write_text_atomic(out if out is not None else report_path(loaded.path), json.dumps(report, indent=2) + "\n")
+    path = write_json(out if out is not None else report_path(loaded.path), report)
     report["path"] = str(path)
     return report
 

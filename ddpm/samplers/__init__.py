@@ -35,7 +35,15 @@ from ddpm.samplers.dpm_solver import (
     dpmpp_sample,
     dpmpp_sample_progressive,
 )
-from ddpm.samplers.guidance import PRECISIONS, bf16_is_fast, guided, in_precision, with_null
+from ddpm.samplers.guidance import (
+    MAX_GUIDANCE,
+    PRECISIONS,
+    bf16_is_fast,
+    check_guidance,
+    guided,
+    in_precision,
+    with_null,
+)
 from ddpm.samplers.respacing import SPACINGS, Spacing, respace, space_timesteps
 from ddpm.samplers.steps import SamplerOptions, Step, last
 from ddpm.samplers.thresholding import THRESHOLDS, Threshold, dynamic_threshold
@@ -50,7 +58,8 @@ _PROGRESSIVE: dict[str, Callable] = {
     "dpmpp-3m": dpmpp_3m_sample_progressive,
 }
 
-__all__ = ["PRECISIONS", "bf16_is_fast", "in_precision", "with_null", "default_steps", "DEFAULT_STEPS", "Step",
+__all__ = ["MAX_GUIDANCE", "check_guidance",
+           "PRECISIONS", "bf16_is_fast", "in_precision", "with_null", "default_steps", "DEFAULT_STEPS", "Step",
            "SamplerOptions", "Sampler", "SAMPLERS", "Spacing", "SPACINGS", "Threshold",
            "THRESHOLDS", "space_timesteps",
            "respace", "guided", "dynamic_threshold", "ancestral_sample", "ancestral_sample_progressive", "ddim_sample",

@@ -10,7 +10,22 @@ from torch import Tensor
 
 from ddpm._util import check_mode
 
-__all__ = ["guided", "with_null", "in_precision", "bf16_is_fast", "PRECISIONS"]
+__all__ = ["guided", "with_null", "in_precision", "bf16_is_fast", "PRECISIONS", "MAX_GUIDANCE", "check_guidance"]
+
+# |s| beyond this only amplifies the difference of two noisy predictions: the images become noise or saturate
+# (the papers' strongest settings are near 10-30), and a huge s overflows to inf, then NaN images
+MAX_GUIDANCE = 50.0
+
+
+def check_guidance(guidance_scale: float | None, what: str = "guidance scale") -> float | None:
+    """None, or a finite guidance scale with |s| <= MAX_GUIDANCE; a ValueError saying so otherwise."""
+    if guidance_scale is None:
+        return None
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or not (
+            abs(guidance_scale) <= MAX_GUIDANCE):
+        raise ValueError(f"the {what} must be a number between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g} (1: none; the "
+                         f"papers use up to about 10-30), got {str(guidance_scale)[:40]}")
+    return guidance_scale
 
 PRECISIONS = ("fp32", "bf16", "auto")
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ddpm._util import check_mode
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers.guidance import PRECISIONS, guided, in_precision
+from ddpm.samplers.guidance import PRECISIONS, check_guidance, guided, in_precision
 from ddpm.samplers.respacing import SPACINGS, Spacing, respace
 from ddpm.samplers.thresholding import DEFAULT_PERCENTILE, THRESHOLDS, Threshold, denoise
 
@@ -90,6 +90,7 @@ class SamplerOptions:
         check_mode(self.threshold, THRESHOLDS, "threshold")
         check_mode(self.spacing, SPACINGS, "spacing")
         check_mode(self.precision, PRECISIONS, "precision")
+        check_guidance(self.guidance_scale)
 
     @classmethod
     def of(cls, sampler: str, options: Mapping[str, Any]) -> SamplerOptions:

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from ddpm._util import atomic_write
+from ddpm._files import atomic_write
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.datasets import to_float, to_uint8
 from ddpm.samplers import ddim_sample

@@ -14,12 +14,11 @@ docs/cascade.md), --sr-guidance (default: --guidance, else the SR run's own) and
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from ddpm._util import write_text_atomic
+from ddpm._files import write_json
 from ddpm.checkpoints import find_run, load_run
 from ddpm.cli.common import (
     UsageError,
@@ -27,6 +26,7 @@ from ddpm.cli.common import (
     add_sampler_flags,
     check_output,
     finite_float,
+    guidance_scale,
     nonnegative_int,
     positive_int,
     resolve_condition,
@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                  "1000)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     add_sampler_flags(p, default="dpmpp-2m", precision="auto")
-    p.add_argument("--guidance", type=finite_float, help="the base's guidance scale (default: the run's own)")
+    p.add_argument("--guidance", type=guidance_scale, help="the base's guidance scale (default: the run's own)")
     p.add_argument("--class", dest="klass", help="class label (index or name)")
     p.add_argument("--prompt", help='text prompt, e.g. "a thick seven"')
     p.add_argument("--sr-sampler", choices=SAMPLERS, default=None,
@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{REFINE_SAMPLING.options['eta']:g})")
     p.add_argument("--sr-steps", type=positive_int, default=None,
                    help=f"the SR stage's steps (default {REFINE_SAMPLING.steps})")
-    p.add_argument("--sr-guidance", type=finite_float, default=None,
+    p.add_argument("--sr-guidance", type=guidance_scale, default=None,
                    help="the SR stage's guidance scale (default: --guidance, else the SR run's own)")
     p.add_argument("--aug-level", type=aug_level_list, default=None,
                    help=f"noise augmentation of the low-res input, in [0, 1] (a fraction of the forward process; "
@@ -134,6 +134,8 @@ def run(args) -> int:
         raise UsageError(str(e)) from None
     if args.evaluate:
         return _evaluate(args, base, refiner, steps, options, levels, out, device)
+    if args.n is not None:
+        base.check_batch(args.n)  # before the n conditions are made
     cond, n, nrow = resolve_condition(base, args.n, args.klass, args.prompt)
     if isinstance(cond, torch.Tensor):
         cond = cond.to(device)
@@ -155,7 +157,7 @@ def _evaluate(args, base, refiner: Refiner, steps, options, levels, out: Path, d
             raise UsageError("an augmentation sweep needs --n of at least 2")
         result = cascade_sweep(base, refiner, levels, n=n, sampler=args.sampler, steps=steps, guidance=args.guidance,
                                options=options, seed=args.seed, progress=True)
-        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
         print(format_cascade_sweep(result))
     else:
         s = refiner.sampling
@@ -181,7 +183,7 @@ def _evaluate_on_test_digits(args, device, out: Path, levels: list[float]) -> in
     report = {"run": str(sr.path), "preset": sr.config.preset, "step": sr.step, "seed": args.seed,
               "super_resolution": evaluate_super_res(refiner, test, sr.config.data.root, args.n or 1000,
                                                      levels=levels, seed=args.seed, progress=True)}
-    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     rows = super_res_rows(report["super_resolution"])
     width = max(len(k) for k, _ in rows) + 2
     print("\n".join(f"{k:<{width}}{v}" for k, v in rows))

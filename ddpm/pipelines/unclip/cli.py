@@ -13,26 +13,27 @@ Each picture is written with a record of what made it, the same name with .json 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ddpm._util import shorten, write_text_atomic
+from ddpm._files import record_path, write_json
+from ddpm._util import shorten
 from ddpm.checkpoints import LoadedRun, find_run, load_run
 from ddpm.cli.common import (
     UsageError,
     add_device_flags,
     check_output,
     check_prompt,
-    finite_float,
+    check_record,
+    guidance_scale,
     nonnegative_int,
     positive_int,
     setup_device,
 )
-from ddpm.datasets import class_prompts, load_dataset, to_float
+from ddpm.datasets import DatasetError, class_prompts, load_dataset, read_image, to_float
 from ddpm.metrics.evaluate import evaluate_run
 from ddpm.pipelines.base import Sampling
 from ddpm.pipelines.unclip.evaluate import unclip_rows
@@ -60,14 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"the prior's sampler (default {PRIOR_SAMPLING.sampler})")
     p.add_argument("--prior-steps", type=positive_int, default=None,
                    help=f"the prior's steps (default {PRIOR_SAMPLING.steps})")
-    p.add_argument("--prior-guidance", type=finite_float, default=None,
+    p.add_argument("--prior-guidance", type=guidance_scale, default=None,
                    help=f"the prior's guidance scale (default {PRIOR_SAMPLING.guidance:g})")
     p.add_argument("--decoder-sampler", choices=SAMPLERS, default=None,
                    help=f"the decoder's sampler (default {DECODER_SAMPLING.sampler} with eta "
                         f"{DECODER_SAMPLING.options['eta']:g}: stochastic steps, which leave no background speckle)")
     p.add_argument("--decoder-steps", type=positive_int, default=None,
                    help=f"the decoder's steps (default {DECODER_SAMPLING.steps})")
-    p.add_argument("--guidance", type=finite_float, default=None,
+    p.add_argument("--guidance", type=guidance_scale, default=None,
                    help=f"the decoder's guidance scale (default {DECODER_SAMPLING.guidance:g}: none; "
                         f"{VARIATIONS_GUIDANCE:g} for --variations)")
     p.add_argument("--out", help="output PNG, or with --evaluate JSON (default: samples/unclip_seed<seed>.png)")
@@ -102,13 +103,8 @@ def load_unclip(args, device) -> Unclip:
         raise UsageError(str(e)) from None
 
 
-def record_path(picture: Path) -> Path:
-    """Where the record of a picture goes: its name with .json added, a name no other file of ddpm has."""
-    return picture.with_name(picture.name + ".json")
-
-
 def _record(picture: Path, unclip: Unclip, **what) -> Path:
-    return write_text_atomic(record_path(picture), json.dumps({**what, **unclip.describe()}, indent=2) + "\n")
+    return write_json(record_path(picture), {**what, **unclip.describe()})
 
 
 def run(args) -> int:
@@ -123,7 +119,11 @@ def run(args) -> int:
         return _evaluate(args, device, out)
     if args.variations is not None and args.prompt is not None:
         raise UsageError("--variations decodes a digit's own embedding: drop --prompt")
+    if args.variations is not None:
+        _check_source(args.variations)
+    check_record(out)  # a file of the record's name that ddpm did not write is refused, before any work
     unclip = load_unclip(args, device)
+    unclip.decoder.check_batch(args.n or 8, fix="give a smaller --n")
     return _variations(args, unclip, out, device) if args.variations is not None else _text(args, unclip, out)
 
 
@@ -150,7 +150,7 @@ def _text(args, unclip: Unclip, out: Path) -> int:
 def _variations(args, unclip: Unclip, out: Path, device) -> int:
     """The digit beside --n decodings of its CLIP image embedding."""
     source, decoder = args.variations, unclip.decoder
-    if source.isascii() and source.isdigit():
+    if _is_index(source):
         test = load_dataset(decoder.config.data.dataset, "test", root=decoder.config.data.root)
         if int(source) >= len(test):
             raise UsageError(f"--variations {source}: the test set has digits 0..{len(test) - 1}")
@@ -161,7 +161,7 @@ def _variations(args, unclip: Unclip, out: Path, device) -> int:
     images = unclip.variations(x.to(device), n, torch.Generator(device).manual_seed(args.seed))
     path = save_grid(torch.cat([x.to(images.device), images]), out, nrow=min(n + 1, 9))  # the digit first
     _record(path, unclip, source=source, n=n, seed=args.seed)
-    shown = "test digit " + source if source.isascii() and source.isdigit() else source
+    shown = "test digit " + source if _is_index(source) else source
     print(f"wrote {shown} (first) and {n} variations of it (decoder {decoder.path}): {path}")
     return 0
 
@@ -178,18 +178,34 @@ def _evaluate(args, device, out: Path) -> int:
     return 0
 
 
+def _is_index(source: str) -> bool:
+    """Whether --variations names a test digit by its index: ASCII digits only ("7", not "٧" or "²")."""
+    return source.isascii() and source.isdigit()
+
+
+def _check_source(source: str) -> None:
+    """One line, before any work, when --variations is neither a test digit's index nor an image file."""
+    if _is_index(source) or Path(source).is_file():
+        return
+    if source.isnumeric():  # "²", "٣": digits, but not ASCII ones
+        raise UsageError(f"--variations {shorten(source, 80)}: a test digit's index is written in ASCII digits 0-9 "
+                         f"(e.g. --variations 7), and there is no image file of that name")
+    raise UsageError(f"--variations {shorten(source, 80)}: no such file (give a test digit's index or an image file)")
+
+
 def read_digit(path: str, size: int = 28) -> torch.Tensor:
     """An image file -> [1, 1, size, size] in [-1, 1], grayscale, a light digit on a dark ground (a mostly light
-    image is inverted, as a digit drawn in ink on paper is). One line on a file that is not an image."""
+    image is inverted, as a digit drawn in ink on paper is). The file is read by ddpm.datasets.read_image (16-bit
+    images scaled, transparency composited so strokes drawn in the alpha survive, huge images refused); one line on
+    a file it cannot read."""
+    if not Path(path).is_file():
+        _check_source(path)  # an index is no file either
+        raise UsageError(f"--variations {shorten(path, 80)}: no such file (give an image file)")
     try:
-        with Image.open(path) as im:
-            gray = np.asarray(im.convert("L").resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255
-    except FileNotFoundError:
-        raise UsageError(f"--variations {shorten(path, 80)}: no such file (give a test digit's index or an image "
-                         f"file)") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"--variations {shorten(path, 80)} is not an image PIL can read ({type(e).__name__})") \
-            from None
+        im = read_image(path, channels=1)
+    except DatasetError as e:
+        raise UsageError(f"--variations {e}") from None
+    gray = np.asarray(im.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255
     if gray.mean() > 0.5:
         gray = 1.0 - gray
     return torch.from_numpy(gray * 2 - 1)[None, None]

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.checkpoints import build_diffusion, export_model, load_run
+from ddpm.checkpoints import build_diffusion, load_run
 from ddpm.cli import main
 from ddpm.config import Config
 from ddpm.datasets import ImageDataset, area_downsample, bicubic_to, load_dataset, shrink, to_float, upsample
+from ddpm.exports import export_model
 from ddpm.metrics.judge import psnr
 from ddpm.nn.unet import UNet, UNetConfig
 from ddpm.pipelines.base import Sampling

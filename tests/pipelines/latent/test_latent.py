@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from ddpm.checkpoints import CheckpointError, export_model, load_run, weights_fingerprint
+from ddpm.checkpoints import CheckpointError, load_run, weights_fingerprint
 from ddpm.config import Config
 from ddpm.datasets import BatchLoader, to_float
+from ddpm.exports import export_model
 from ddpm.metrics.judge import psnr
 from ddpm.pipelines.latent.autoencoder import Autoencoder, AutoencoderConfig, encode_moments, measure_latent_scale
 from ddpm.pipelines.latent.evaluate import evaluate_autoencoder, reconstruct
@@ -233,3 +234,16 @@ def test_an_autoencoder_run_resumes_exactly(tmp_path, digits):
     assert full.step == split.step == 4
     for (name, a), (_, b) in zip(full.model.state_dict().items(), split.model.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_an_export_naming_its_autoencoder_by_a_relative_path_works_from_any_folder(tmp_path, latent_run, ae_run,
+                                                                                    monkeypatch):
+    (tmp_path / "ae").mkdir()
+    export_model(ae_run, tmp_path / "ae" / "ae.pt")
+    monkeypatch.chdir(tmp_path)
+    export_model(latent_run, "out/latent.pt", frozen="ae/ae.pt")  # relative to the folder it is made in
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_run(tmp_path / "out" / "latent.pt")
+    assert loaded.frozen is not None and loaded.config.stage.autoencoder == str(tmp_path / "ae" / "ae.pt")

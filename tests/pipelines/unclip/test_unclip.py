@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ddpm.checkpoints import CheckpointError, export_model, load_run
+from ddpm.checkpoints import CheckpointError, load_run
 from ddpm.cli import main
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.exports import export_model
 from ddpm.nn.conditioning import EmbeddingConditioner
 from ddpm.nn.unet import UNET_PRESETS, UNet
 from ddpm.pipelines.unclip.clip import Clip, ClipConfig, contrastive_losses
