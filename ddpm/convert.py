@@ -339,16 +339,21 @@ def to_diffusers(model: UNet | tuple[UNetConfig, dict[str, Tensor]], out_folder:
 
     The folder appears whole or not at all (ddpm._files.atomic_folder: a kill or a full disk leaves no half model),
     and must be new or empty: a folder that holds anything is refused, never replaced."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     config, state = (model.config, model.state_dict()) if isinstance(model, UNet) else model
     cfg = diffusers_config(config)
     weights = {k: v.detach().float().cpu() for k, v in state_to_diffusers(config, state).items()}
     out = Path(out_folder)
-    with atomic_folder(out) as tmp:
-        save_file(weights, str(tmp / WEIGHT_NAMES[0]), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    with atomic_folder(out) as tmp:  # the bytes are written by Python, so a full disk is an OSError naming the file
+        _write_file(tmp / WEIGHT_NAMES[0], save(weights, metadata={"format": "pt"}))
+        _write_file(tmp / "config.json", (json.dumps(cfg, indent=2) + "\n").encode())
     return out
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def convert_to_run(folder: str | Path, out_path: str | Path) -> Path:

@@ -112,12 +112,12 @@ def test_a_diffusers_folder_appears_whole_or_not_at_all(tmp_path, run, capsys, m
     (full / "config.json").write_text("{}")
     code, err = _main(["convert", "--to-diffusers", "--run", str(run), "--out", str(full)], capsys)
     assert code == 2 and "not empty" in err and (full / "config.json").read_text() == "{}"
-    import safetensors.torch
+    import ddpm.convert
 
-    def disk_full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    monkeypatch.setattr(ddpm.convert, "_write_file", disk_full)
     with pytest.raises(OSError):
         to_diffusers(model, tmp_path / "new")
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob("new.*"))  # no half model, no temporary
