@@ -4,6 +4,7 @@ record beside an output, and the lock of a run folder. Every file and folder ddp
 - ``atomic_write(path, write)``: a temporary file beside ``path`` (held with flock while it is written), fsynced
   and renamed over it; on any error the old file is left as it was. The result gets the mode the umask gives a
   new file (0644 under the usual 022), not mkstemp's 0600.
+- ``save_atomic(obj, path)``: torch.save through atomic_write; a failed write is an OSError naming the file.
 - ``atomic_folder(path)``: the same for a folder (a diffusers model: config.json and weights): written as a
   temporary folder and renamed at the end, so a kill never leaves half a model. A non-empty target is refused.
 - The temporaries of a killed write are removed by the next write of the same name (a temporary whose flock is
@@ -15,6 +16,7 @@ record beside an output, and the lock of a run folder. Every file and folder ddp
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -23,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
 from ddpm._util import shorten
 
 try:
@@ -30,8 +34,9 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["atomic_write", "write_text_atomic", "atomic_folder", "remove_stale_temporaries", "write_json",
-           "MARK", "is_ddpm_json", "record_path", "FolderLock", "LockError", "TMP_SUFFIX", "new_file_mode"]
+__all__ = ["atomic_write", "save_atomic", "write_text_atomic", "atomic_folder", "remove_stale_temporaries",
+           "write_json", "MARK", "is_ddpm_json", "record_path", "FolderLock", "LockError", "TMP_SUFFIX",
+           "new_file_mode"]
 
 TMP_SUFFIX = ".tmp"
 MARK = {"written_by": "ddpm"}  # the first key of every JSON file ddpm writes
@@ -114,6 +119,41 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file next to ``path``, fsync, then rename over it (atomic_write).
+
+    A failed write is an OSError naming the file (ENOSPC on a full disk), as for any other file: torch's zip writer
+    turns the OSError of the file it writes into a RuntimeError of its own ("unexpected pos ...",
+    "PytorchStreamWriter failed writing file ..."), which is mapped back here."""
+    path = Path(path)
+    failed: list[OSError] = []
+
+    class Recording:  # the temporary file, remembering the OSError of a write that failed
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            try:
+                return self.f.write(data)
+            except OSError as e:
+                failed.append(e)
+                raise
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    try:
+        return atomic_write(path, lambda f: torch.save(obj, Recording(f)))
+    except RuntimeError as e:
+        if failed:
+            raise OSError(failed[0].errno, failed[0].strerror or str(failed[0]), str(path)) from None
+        if "PytorchStreamWriter" not in str(e) and "file write failed" not in str(e):
+            raise
+        full = shutil.disk_usage(path.parent).free < 1 << 20
+        raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
+                      f"write failed ({str(e).splitlines()[0][:120]})", str(path)) from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -17,13 +17,11 @@ just the EMA weights and the config (a few MB), which is what ``sample`` and ``e
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import pickle
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpm._files import atomic_write
+from ddpm._files import save_atomic
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.memory import check_batch, saved_bytes_per_item
@@ -70,41 +68,6 @@ def build_diffusion(config: Config, device: str | torch.device = "cpu") -> Gauss
     diffusion = GaussianDiffusion(betas, prediction=d.prediction)
     device = torch.device(device)
     return diffusion.to(device, torch.float32) if device.type == "mps" else diffusion.to(device)
-
-
-def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file next to ``path``, fsync, then rename over it (ddpm._files.atomic_write).
-
-    A failed write is an OSError naming the file (ENOSPC on a full disk), as for any other file: torch's zip writer
-    turns the OSError of the file it writes into a RuntimeError of its own ("unexpected pos ...",
-    "PytorchStreamWriter failed writing file ..."), which is mapped back here."""
-    path = Path(path)
-    failed: list[OSError] = []
-
-    class Recording:  # the temporary file, remembering the OSError of a write that failed
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            try:
-                return self.f.write(data)
-            except OSError as e:
-                failed.append(e)
-                raise
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-    try:
-        return atomic_write(path, lambda f: torch.save(obj, Recording(f)))
-    except RuntimeError as e:
-        if failed:
-            raise OSError(failed[0].errno, failed[0].strerror or str(failed[0]), str(path)) from None
-        if "PytorchStreamWriter" not in str(e) and "file write failed" not in str(e):
-            raise
-        full = shutil.disk_usage(path.parent).free < 1 << 20
-        raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
-                      f"write failed ({str(e).splitlines()[0][:120]})", str(path)) from None
 
 
 def config_json(config: Config) -> str:
