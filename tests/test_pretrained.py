@@ -26,6 +26,9 @@ GOLDEN = {
     "mnist-base14": [-0.73855, -0.62632, 0.51679, 0.61669, 0.00678, 0.0427],
     "mnist-sr28": [-0.78821, -0.69022, 0.51733, 0.6212, 0.01103, 0.01077],
     "mnist-autoencoder": [-0.82083, -0.71858, 0.5063, 0.61414, 0.0098, 0.00907],
+    "mnist-autoencoder-f2": [-0.81673, -0.71397, 0.51767, 0.63527, 0.01159, 0.00748],
+    "mnist-latent-class-600": [-0.62504, -0.78713, 0.67337, 0.50732, 0.02371, -0.02173],
+    "mnist-latent-class-f2": [-0.40571, -0.33501, 0.61872, 0.6302, -0.00828, -0.01975],
     "mnist-clip": [0.03268, -0.00159, 0.01176, -0.02761, 0.12161, 0.12598, 0.12543, 0.12288, -0.00071, 0.00593,
                    0.01302, 0.0124],
     "mnist-prior": [0.0861, -0.08511, 0.99844, 0.99969, 0.12186, 0.05614],
@@ -65,8 +68,10 @@ def fingerprint(name: str, digits: torch.Tensor) -> list[float]:
         refiner = Refiner(run, sampling=Sampling("ddim", 4, None, {"eta": 1.0}))
         refined = refiner(area_downsample(digits, 14), ["a seven", "a two"], torch.Generator().manual_seed(0))
         return stats(refined)
-    if name == "mnist-autoencoder":
+    if name in ("mnist-autoencoder", "mnist-autoencoder-f2"):
         return stats(run.model.reconstruct(digits))
+    if name in ("mnist-latent-class-f2", "mnist-latent-class-600"):
+        return stats(generate(run, torch.tensor([3, 7])))
     clip = load_run(PRETRAINED / "mnist-clip.pt").model
     if name == "mnist-clip":
         return stats(torch.cat([clip.encode_image(digits), clip.encode_text(["a seven", "a thick two"])]))

@@ -7,8 +7,10 @@ its text embeddings, and a decoder of images given image embeddings.
     evaluate.py  each stage judged (zero-shot, retrieval; the prior's embeddings; text to image; variations)
     figures.py   similarity matrices, embedding projections
     cli.py       python -m ddpm unclip
+    text.py      the kind "clip-text": a text-to-image U-Net whose text encoder is the CLIP's, frozen (Imagen's finding)
 """
 
 from ddpm.pipelines.unclip.stage import ClipKind, DecoderKind, PriorKind
+from ddpm.pipelines.unclip.text import ClipTextKind
 
-KINDS = {"clip": ClipKind(), "prior": PriorKind(), "decoder": DecoderKind()}
+KINDS = {"clip": ClipKind(), "prior": PriorKind(), "decoder": DecoderKind(), "clip-text": ClipTextKind()}
