@@ -28,6 +28,7 @@ GOLDEN = {
     "mnist-autoencoder": [-0.82083, -0.71858, 0.5063, 0.61414, 0.0098, 0.00907],
     "mnist-autoencoder-f2": [-0.81673, -0.71397, 0.51767, 0.63527, 0.01159, 0.00748],
     "mnist-latent-class-600": [-0.62504, -0.78713, 0.67337, 0.50732, 0.02371, -0.02173],
+    "mnist-latent-class-1100": [-0.68651, -0.77065, 0.63004, 0.55698, 0.02083, -0.00219],
     "mnist-latent-class-f2": [-0.40571, -0.33501, 0.61872, 0.6302, -0.00828, -0.01975],
     "mnist-clip": [0.03268, -0.00159, 0.01176, -0.02761, 0.12161, 0.12598, 0.12543, 0.12288, -0.00071, 0.00593,
                    0.01302, 0.0124],
@@ -70,7 +71,7 @@ def fingerprint(name: str, digits: torch.Tensor) -> list[float]:
         return stats(refined)
     if name in ("mnist-autoencoder", "mnist-autoencoder-f2"):
         return stats(run.model.reconstruct(digits))
-    if name in ("mnist-latent-class-f2", "mnist-latent-class-600"):
+    if name in ("mnist-latent-class-f2", "mnist-latent-class-600", "mnist-latent-class-1100"):
         return stats(generate(run, torch.tensor([3, 7])))
     clip = load_run(PRETRAINED / "mnist-clip.pt").model
     if name == "mnist-clip":
