@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ["atomic_write", "save_atomic", "write_text_atomic", "atomic_folder", "remove_stale_temporaries",
            "write_json", "MARK", "is_ddpm_json", "record_path", "FolderLock", "LockError", "TMP_SUFFIX",
-           "new_file_mode"]
+           "new_file_mode", "save_npz"]
 
 TMP_SUFFIX = ".tmp"
 MARK = {"written_by": "ddpm"}  # the first key of every JSON file ddpm writes
@@ -277,3 +277,12 @@ class FolderLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def save_npz(path: str | os.PathLike, arrays: dict) -> Path:
+    """Arrays (tensors or NumPy arrays, by name) as one uncompressed .npz, written atomically; read them back with
+    numpy.load(path) (no pickles: allow_pickle stays False)."""
+    import numpy as np
+
+    plain = {name: np.asarray(a.cpu() if hasattr(a, "cpu") else a) for name, a in arrays.items()}
+    return atomic_write(path, lambda f: np.savez(f, **plain))

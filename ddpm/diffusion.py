@@ -96,6 +96,14 @@ class GaussianDiffusion(nn.Module):
         """Closed form, Eq. 4: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps. [B, ...] -> [B, ...]"""
         return extract(self.sqrt_alpha_bar, t, x0) * x0 + extract(self.sqrt_one_minus_alpha_bar, t, x0) * noise
 
+    def q_jump(self, x_s: Tensor, s: int, t: int, noise: Tensor) -> Tensor:
+        """q(x_t | x_s) for indices s < t, Eq. 2 composed over the steps between (Eq. 4 with x_s for x0 is s = -1):
+        x_t = sqrt(alpha_bar_t / alpha_bar_s) x_s + sqrt(1 - alpha_bar_t / alpha_bar_s) eps."""
+        if not -1 <= s < t < self.T:
+            raise ValueError(f"q_jump goes up the process: need -1 <= s < t < T={self.T}, got s={s}, t={t}")
+        ratio = float(self.alpha_bar[t] / (self.alpha_bar[s] if s >= 0 else 1.0))
+        return ratio**0.5 * x_s + (1 - ratio) ** 0.5 * noise
+
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0) (Eq. 4)."""
         abar = extract(self.alpha_bar, t, x0)

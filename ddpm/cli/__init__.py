@@ -1,4 +1,4 @@
-"""The command line: python -m ddpm {train, sample, export, convert, visualize, evaluate, bench, cascade, unclip}.
+"""The command line: python -m ddpm {train, sample, edit, export, convert, visualize, evaluate, bench, cascade, unclip}.
 
 One thin module per command (``add_arguments(p)`` and ``run(args)`` over importable functions), and
 what they share in ddpm.cli.common. A system's command lives in its folder (ddpm/pipelines/<system>/cli.py, with
@@ -19,7 +19,7 @@ import sys
 from ddpm._files import LockError
 from ddpm._util import set_threads, shorten
 from ddpm.checkpoints import CheckpointError
-from ddpm.cli import bench, evaluate, export, sample, train, visualize
+from ddpm.cli import bench, edit, evaluate, export, sample, train, visualize
 from ddpm.cli import convert as convert_cmd
 from ddpm.cli.common import UsageError, resolve_condition, resolve_run
 from ddpm.datasets import DatasetError
@@ -32,6 +32,7 @@ __all__ = ["main", "build_parser", "resolve_condition", "resolve_run", "set_thre
 COMMANDS = {  # name: (module, help)
     "train": (train, "train a model (default: the mnist preset on the shipped MNIST)"),
     "sample": (sample, "generate images from a trained run"),
+    "edit": (edit, "edit real images: SDEdit (--strength), inpainting (--mask), DDIM inversion (--invert)"),
     "export": (export, "write only the EMA weights + config of a run (small file)"),
     "convert": (convert_cmd, "convert the paper's CIFAR-10 model between diffusers' format and this project's"),
     "visualize": (visualize, "write figures: forward, schedules, reverse, ..."),

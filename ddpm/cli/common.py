@@ -111,15 +111,15 @@ def steps_list(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",")]
 
 
-def add_sampler_flags(p: argparse.ArgumentParser, default: str = "ddim", several: bool = False,
-                      precision: str = "fp32") -> None:
+def add_sampler_flags(p: argparse.ArgumentParser, default: str | None = "ddim", several: bool = False,
+                      precision: str = "fp32", default_text: str | None = None) -> None:
     """--sampler, --steps, --spacing, --threshold, --eta and --variance: how to sample, the same on every command.
     several=True lets --sampler and --steps take comma-separated lists (evaluate's sweep)."""
     lists = " (comma-separated lists make a sweep)" if several else ""
     p.add_argument("--sampler", type=sampler_list if several else str, choices=None if several else SAMPLERS,
                    default=[default] if several else default,
                    help=f"ancestral (the paper's Algorithm 2), ddim, dpmpp-2m or dpmpp-3m (DPM-Solver++; 3m for "
-                        f"unguided sampling) (default: {default}){lists}")
+                        f"unguided sampling) (default: {default_text or default}){lists}")
     p.add_argument("--steps", type=steps_list if several else positive_int,
                    help=f"sampling steps (default: T for ancestral, 50 for ddim, 15 for dpmpp){lists}")
     p.add_argument("--spacing", choices=SPACINGS, default="uniform",
@@ -288,7 +288,8 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str) 
     return path
 
 
-SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n", "a PNG image"), ".gif": (b"GIF8", "a GIF animation")}
+SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n", "a PNG image"), ".gif": (b"GIF8", "a GIF animation"),
+              ".npz": (b"PK\x03\x04", "a NumPy .npz archive")}
 
 
 def _check_replaceable(path: Path, flag: str, shown: str) -> None:

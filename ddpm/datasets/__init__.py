@@ -12,7 +12,7 @@ A tour, in the order the data flows:
 
     base.py       DatasetError, DownloadError, DEFAULT_ROOT (the repository's data/ folder)
     images.py     ImageDataset, to_float / to_uint8, shrink (area averaging); your own images: read_image (one
-                  file: 16-bit, transparency, size limit), load_image_folder
+                  file: 16-bit, transparency, size limit), read_digit (one as the model's data), load_image_folder
     files.py      md5 checks (remembered per process), download: atomic, verified, mirror by mirror
     idx.py        IDX files: read_idx; MNIST and Fashion-MNIST (sources, load_mnist, load_fashion_mnist)
     cifar10.py    CIFAR-10, its pickles opened with a restricted unpickler
@@ -81,6 +81,7 @@ from ddpm.datasets.images import (
     area_downsample,
     bicubic_to,
     load_image_folder,
+    read_digit,
     read_image,
     shrink,
     to_float,
@@ -141,6 +142,7 @@ __all__ = [
     "mnist_measures",
     "read_idx",
     "read_image",
+    "read_digit",
     "restricted_unpickle",
     "split_words",
     "tercile_edges",

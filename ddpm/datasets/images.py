@@ -30,7 +30,8 @@ from ddpm.datasets.base import DatasetError
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageDataset", "load_image_folder", "read_image", "to_float",
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageDataset", "load_image_folder", "read_image", "read_digit",
+           "to_float",
            "to_uint8", "area_downsample", "shrink", "upsample", "bicubic_to"]
 
 
@@ -196,6 +197,20 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
         raise DatasetError(_too_large(name, f"{int(found[1]):,} pixels" if found else "too many pixels")) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise DatasetError(f"{name}: cannot read this image ({type(e).__name__}: {e})") from None
+
+
+def read_digit(path: str | os.PathLike, size: int = 28, channels: int = 1) -> Tensor:
+    """An image file -> [1, channels, size, size] in [-1, 1]: read by read_image, resized by box averaging, a
+    light figure on a dark ground like MNIST's (a mostly light image is inverted, as a digit drawn in ink on paper
+    is). One DatasetError line on a file it cannot read."""
+    from PIL import Image
+
+    im = read_image(path, channels=channels)
+    pixels = np.asarray(im.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255
+    if pixels.mean() > 0.5:
+        pixels = 1.0 - pixels
+    pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(pixels) * 2 - 1)[None]
 
 
 def _too_large(name: str, declared: str) -> str:

@@ -53,6 +53,7 @@ def _algorithm_2(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[
             x_prev = mean + sigma * opts.noise(x)  # x_{t-1} = mu_theta + sigma_t z
         else:
             x_prev = mean  # z = 0 at the last step: x_0 = mu_theta(x_1, 1)
+        x_prev = opts.keep_known(process, x_prev, i)  # inpainting: the known region (Eq. 8 of RePaint)
         yield Step(int(process.timestep_map[i]), x, pred_x0, x_prev)
         x = x_prev
 

@@ -46,6 +46,7 @@ def _ddim(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], c
         x_prev = abar_prev**0.5 * pred_x0 + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * pred_eps
         if sigma > 0 and i > 0:
             x_prev = x_prev + sigma * opts.noise(x)
+        x_prev = opts.keep_known(process, x_prev, i)  # inpainting: the known region (Eq. 8 of RePaint)
         yield Step(int(process.timestep_map[i]), x, pred_x0, x_prev)
         x = x_prev
 

@@ -120,6 +120,7 @@ def _dpmpp(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], 
             n = min(n, i)  # lower_order_final: i steps are left to the last chosen timestep
         # x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, D from the last n (lambda, D) (module docstring)
         x_prev = dpmpp_update(x, abar, float(process.alpha_bar_prev[i]), history[-n:])
+        x_prev = opts.keep_known(process, x_prev, i)  # inpainting: the known region (Eq. 8 of RePaint)
         yield Step(int(process.timestep_map[i]), x, pred_x0, x_prev)
         x = x_prev
 

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from ddpm._util import check_mode
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers.guidance import PRECISIONS, check_guidance, guided, in_precision
-from ddpm.samplers.respacing import SPACINGS, Spacing, respace
+from ddpm.samplers.known import Known
+from ddpm.samplers.respacing import SPACINGS, Spacing, respace, space_timesteps
 from ddpm.samplers.thresholding import DEFAULT_PERCENTILE, THRESHOLDS, Threshold, denoise
 
 __all__ = ["Step", "SamplerOptions", "last"]
@@ -68,6 +69,12 @@ class SamplerOptions:
         device            where x_T lives (default: the diffusion's device)
         dtype             of x_T and the sampler's arithmetic (default float32)
         progress          a tqdm bar over the steps
+        t_start           x_T is the state at this timestep index of ``diffusion`` (SDEdit: x ~ q(x_t0 | x_0)),
+                          not at T - 1: the sampler's ``steps`` are spaced over t_start..0 (needs x_T)
+        t_stop            end at the state of this index instead of x_0 (a segment of a run, as RePaint's
+                          resampling takes them); ``steps`` then counts the steps from t_start down to it
+        known             a known region (ddpm.samplers.known.Known): after every step it replaces those pixels
+                          with the forward process of its image at the step's noise level (inpainting)
 
     A sampler builds them with ``SamplerOptions.of(name, options)``, which raises TypeError for an unknown keyword.
     """
@@ -83,6 +90,9 @@ class SamplerOptions:
     device: Any = None
     dtype: torch.dtype = torch.float32
     progress: bool = False
+    t_start: int | None = None
+    t_stop: int | None = None
+    known: Known | None = None
 
     def __post_init__(self):
         if self.threshold is None:
@@ -91,6 +101,14 @@ class SamplerOptions:
         check_mode(self.spacing, SPACINGS, "spacing")
         check_mode(self.precision, PRECISIONS, "precision")
         check_guidance(self.guidance_scale)
+        for name in ("t_start", "t_stop"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a timestep index >= 0, got {value!r}")
+        if self.t_start is not None and self.x_T is None:
+            raise ValueError("t_start needs x_T, the state at that timestep (SDEdit: the image noised by q(x_t | x_0))")
+        if self.t_stop is not None and self.t_stop >= (self.t_start if self.t_start is not None else 2**62):
+            raise ValueError(f"t_stop ({self.t_stop}) must lie below t_start ({self.t_start})")
 
     @classmethod
     def of(cls, sampler: str, options: Mapping[str, Any]) -> SamplerOptions:
@@ -105,24 +123,48 @@ class SamplerOptions:
 
     def start(self, model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int],
               steps: int | None) -> tuple[GaussianDiffusion, Callable, Tensor]:
-        """(process, model, x_T): the diffusion respaced to ``steps`` (the full process for None or T); the model
-        with guidance, in its precision; x_T as given or N(0, I) on the device, in dtype."""
-        process = diffusion if steps is None or steps == diffusion.T else respace(diffusion, steps, self.spacing)
+        """(process, model, x_T): the diffusion respaced to ``steps`` (the full process for None or T) between
+        t_start and t_stop; the model with guidance, in its precision; x_T as given or N(0, I) on the device."""
+        process = self._process(diffusion, steps)
         model = guided(in_precision(model, self.precision), self.guidance_scale, batched=self.batched_guidance)
         device = self.device if self.device is not None else diffusion.betas.device
         if self.x_T is not None:
             return process, model, self.x_T.to(device, self.dtype)
         return process, model, torch.randn(tuple(shape), device=device, dtype=self.dtype, generator=self.generator)
 
+    def _process(self, diffusion: GaussianDiffusion, steps: int | None) -> GaussianDiffusion:
+        """The process a sampler runs: its timesteps from t_start (default T - 1) down to t_stop (default: to x_0),
+        all of them for steps None, else ``steps`` of them spaced by ``spacing`` (one more with t_stop: the
+        state it ends at)."""
+        if self.t_start is None and self.t_stop is None:
+            return diffusion if steps is None or steps == diffusion.T else respace(diffusion, steps, self.spacing)
+        top = diffusion.T - 1 if self.t_start is None else self.t_start
+        bottom = 0 if self.t_stop is None else self.t_stop
+        if top >= diffusion.T:
+            raise ValueError(f"t_start must lie in 0..{diffusion.T - 1}, got {top}")
+        span = top - bottom + 1  # timesteps from t_start down to t_stop (or 0)
+        count = span if steps is None else steps + (self.t_stop is not None)
+        if not 1 <= count <= span:
+            raise ValueError(f"{steps} steps do not fit between timesteps {top} and {bottom}: give at most "
+                             f"{span - (self.t_stop is not None)}")
+        use = [bottom + k for k in space_timesteps(span, count, self.spacing, diffusion.alpha_bar[bottom:top + 1])]
+        return respace(diffusion, use)
+
     def countdown(self, process: GaussianDiffusion, x: Tensor, desc: str) -> Iterator[tuple[int, Tensor]]:
-        """(i, t) for i = S-1, ..., 0, the steps of the (respaced) process: t is i as an int64 tensor [B]."""
-        indices = range(process.T - 1, -1, -1)
-        for i in tqdm(indices, desc=desc, total=process.T, leave=False) if self.progress else indices:
+        """(i, t) for i = S-1, ..., 0 (..., 1 with t_stop: its last state is index 0), the steps of the (respaced)
+        process: t is i as an int64 tensor [B]."""
+        last_i = 1 if self.t_stop is not None else 0
+        indices = range(process.T - 1, last_i - 1, -1)
+        for i in tqdm(indices, desc=desc, total=len(indices), leave=False) if self.progress else indices:
             yield i, torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
 
     def denoise(self, process: GaussianDiffusion, output: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(pred_x0, pred_eps) from the network output, pred_x0 thresholded (ddpm.samplers.thresholding.denoise)."""
         return denoise(process, output, x_t, t, self.threshold, self.percentile)
+
+    def keep_known(self, process: GaussianDiffusion, x_prev: Tensor, i: int) -> Tensor:
+        """x_prev with the known region (if any) put back at its noise level (ddpm.samplers.known, Eq. 8)."""
+        return x_prev if self.known is None else self.known.merge(process, x_prev, i, self.noise(x_prev))
 
     def noise(self, x: Tensor) -> Tensor:
         """z ~ N(0, I) like x, from the generator."""

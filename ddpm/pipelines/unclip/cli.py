@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ddpm._files import record_path, write_json
 from ddpm._util import shorten
@@ -33,7 +31,8 @@ from ddpm.cli.common import (
     positive_int,
     setup_device,
 )
-from ddpm.datasets import DatasetError, class_prompts, load_dataset, read_image, to_float
+from ddpm.datasets import DatasetError, class_prompts, load_dataset, to_float
+from ddpm.datasets import read_digit as read_image_digit
 from ddpm.metrics.evaluate import evaluate_run
 from ddpm.pipelines.base import Sampling
 from ddpm.pipelines.unclip.evaluate import unclip_rows
@@ -194,18 +193,12 @@ def _check_source(source: str) -> None:
 
 
 def read_digit(path: str, size: int = 28) -> torch.Tensor:
-    """An image file -> [1, 1, size, size] in [-1, 1], grayscale, a light digit on a dark ground (a mostly light
-    image is inverted, as a digit drawn in ink on paper is). The file is read by ddpm.datasets.read_image (16-bit
-    images scaled, transparency composited so strokes drawn in the alpha survive, huge images refused); one line on
-    a file it cannot read."""
+    """--variations' image file -> [1, 1, size, size] in [-1, 1] (ddpm.datasets.read_digit: inverted if dark on
+    light); one line when it is missing or unreadable."""
     if not Path(path).is_file():
         _check_source(path)  # an index is no file either
         raise UsageError(f"--variations {shorten(path, 80)}: no such file (give an image file)")
     try:
-        im = read_image(path, channels=1)
+        return read_image_digit(path, size)
     except DatasetError as e:
         raise UsageError(f"--variations {e}") from None
-    gray = np.asarray(im.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255
-    if gray.mean() > 0.5:
-        gray = 1.0 - gray
-    return torch.from_numpy(gray * 2 - 1)[None, None]
