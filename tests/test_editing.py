@@ -2,8 +2,6 @@
 right answer is known in closed form, and on the shipped models through the Editor and the command line."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -285,9 +283,30 @@ def test_the_editor_refuses_what_draws_no_images():
         Editor(load_run(PRETRAINED / "mnist-prior.pt"), Sampling())
 
 
-def _edit(tmp_path, *args):
-    return subprocess.run([sys.executable, "-m", "ddpm", "edit", *args, "--threads", "1"], cwd=tmp_path,
-                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+class Result:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out, err
+
+
+def _edit(tmp_path, *args, command="edit"):
+    """python -m ddpm edit ARGS, run in this process (ddpm.cli.main) in tmp_path."""
+    import contextlib
+    import io
+    import os
+
+    from ddpm.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([command, *args])
+            except SystemExit as e:  # argparse's errors
+                code = e.code
+    finally:
+        os.chdir(here)
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def test_the_command(tmp_path):
@@ -302,6 +321,10 @@ def test_the_command(tmp_path):
     arrays = np.load(tmp_path / "ip.npz")
     assert arrays["inputs"].dtype == np.uint8 and arrays["results"].shape == (1, 1, 28, 28)
     assert (arrays["results"][..., :14] == arrays["inputs"][..., :14]).all() and arrays["masks"][..., 14:].max() == 0
+    r = _edit(tmp_path, "--n", "3", "--class", "4", "--steps", "2", "--out", "s.npz", command="sample")
+    assert r.returncode == 0, r.stderr  # sample writes .npz too
+    arrays = np.load(tmp_path / "s.npz")
+    assert arrays["images"].shape == (3, 1, 28, 28) and arrays["labels"].tolist() == [4, 4, 4]
     r = _edit(tmp_path, "--from-test", "5", "--invert", "--steps", "20", "--out", "inv.png")
     assert r.returncode == 0 and "PSNR" in r.stdout, r.stderr
     assert min(json.loads((tmp_path / "inv.png.json").read_text())["psnr_db"]) > 25

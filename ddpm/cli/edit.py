@@ -258,8 +258,8 @@ def run(args) -> int:
         save_npz(out, arrays)
     else:
         save_grid(results, out, nrow=min(len(results), 8))
-        panels = [images, *([mask.expand_as(images) * 2 - 1] if mask is not None else []), results]
-        titles = ["input", *(["mask (white: kept)"] if mask is not None else []), "result"]
+        kept = [torch.where(mask.bool(), images, torch.zeros_like(images))] if mask is not None else []
+        panels, titles = [images, *kept, results], ["input", *(["kept (grey: drawn)"] if kept else []), "result"]
         save_panels(panels, panel, nrow=1 if len(results) <= 8 else 8, titles=titles)
     write_json(record_path(out), what)
     extra = f"; the panel: {panel}" if panel is not None else ""

@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ddpm._files import save_npz
 from ddpm.checkpoints import CHECKPOINT_NAME
 from ddpm.cli.common import (
     UsageError,
@@ -25,6 +27,7 @@ from ddpm.cli.common import (
     setup_device,
     vocabulary_text,
 )
+from ddpm.datasets import to_uint8
 from ddpm.pipelines.base import Sampling
 from ddpm.viz import decode_steps, reverse_trajectory, save_grid, save_reverse_animation
 
@@ -42,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help='text prompt for text-conditioned runs, e.g. "a thick slanted seven"')
     p.add_argument("--vocabulary", action="store_true", help="print the words the run's text model knows, and exit")
     p.add_argument("--trajectory", help="also write the reverse process as an animated GIF to this path")
-    p.add_argument("--out", help="output PNG (default: <run>/samples/sample_<sampler>_seed<seed>.png)")
+    p.add_argument("--out", help="output PNG grid, or .npz (the samples as uint8 arrays [N, C, H, W]: 'images', "
+                                 "and 'labels' or 'prompts') (default: <run>/samples/sample_<sampler>_seed<seed>.png)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     add_device_flags(p)
 
@@ -52,7 +56,7 @@ def _outputs(args, loaded) -> tuple[Path, Path | None]:
     # a run folder gets its samples/ sub-folder; an exported model file writes to ./samples/
     run_dir = loaded.path.parent if loaded.path.name == CHECKPOINT_NAME else Path(".")
     out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{args.sampler}_seed{args.seed}.png"
-    out = check_output(out, (".png",), "--out")
+    out = check_output(out, (".png", ".npz"), "--out")
     gif = check_output(args.trajectory, (".gif",), "--trajectory") if args.trajectory else None
     if gif is not None and gif.resolve() == out.resolve():
         raise UsageError(f"--trajectory and --out are the same file {out}")
@@ -62,7 +66,7 @@ def _outputs(args, loaded) -> tuple[Path, Path | None]:
 def run(args) -> int:
     device = setup_device(args)
     if args.out:
-        check_output(args.out, (".png",), "--out")  # before loading anything
+        check_output(args.out, (".png", ".npz"), "--out")  # before loading anything
     text = args.prompt is not None or args.vocabulary  # without --run: the text model (runs/mnist-text or shipped)
     loaded = load_image_run(args.run, device, use_ema=not args.no_ema, text=text)
     if args.vocabulary:
@@ -93,7 +97,15 @@ def run(args) -> int:
             steps_kept = decode_steps(steps_kept, loaded.decode)
     else:
         images = loaded.sample(cond, n, sampling, generator, progress=True)
-    path = save_grid(images, out, nrow=nrow)
+    if out.suffix == ".npz":
+        arrays = {"images": to_uint8(images)}
+        if isinstance(cond, torch.Tensor):
+            arrays["labels"] = cond.cpu()
+        elif cond is not None:
+            arrays["prompts"] = np.array(cond)
+        path = save_npz(out, arrays)
+    else:
+        path = save_grid(images, out, nrow=nrow)
     print(f"wrote {n} samples ({args.sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "
           f"from step {loaded.step} of {loaded.path}: {path}")
     if gif is not None:
