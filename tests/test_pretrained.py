@@ -22,6 +22,7 @@ PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "pretrained"
 GOLDEN = {
     "mnist": [-0.38114, -0.62557, 0.66325, 0.50612, 0.02909, 0.00645],
     "mnist-text": [-0.48387, -0.56113, 0.69556, 0.64403, 0.02024, 0.00318],
+    "mnist-text-clip": [-0.52642, -0.58372, 0.71117, 0.64961, 0.01718, 0.00743],
     "mnist-latent": [-0.71067, -0.56228, 0.63193, 0.73368, 0.01328, 0.02267],
     "mnist-base14": [-0.73855, -0.62632, 0.51679, 0.61669, 0.00678, 0.0427],
     "mnist-sr28": [-0.78821, -0.69022, 0.51733, 0.6212, 0.01103, 0.01077],
@@ -61,7 +62,7 @@ def fingerprint(name: str, digits: torch.Tensor) -> list[float]:
     run = load_run(PRETRAINED / f"{name}.pt")
     if name == "mnist":
         return stats(generate(run, torch.tensor([3, 7])))
-    if name in ("mnist-text", "mnist-latent"):
+    if name in ("mnist-text", "mnist-latent", "mnist-text-clip"):
         return stats(generate(run, ["a thick seven", "a two"]))
     if name == "mnist-base14":
         return stats(generate(run, ["a seven", "a two"]))
