@@ -39,13 +39,12 @@ from ddpm.cli.common import (
     sampler_flags,
     setup_device,
 )
-from ddpm.conditions import condition_for_labels
 from ddpm.datasets import DatasetError, load_dataset, read_digit, to_float, to_uint8
 from ddpm.editing import MASK_NAMES, network_calls, read_mask
 from ddpm.editing.evaluate import EVALUATIONS, inpainting_table, inversion_table, sdedit_curve
 from ddpm.editing.masks import named_mask
-from ddpm.metrics.judge import SampleJudge
 from ddpm.editing.runs import Editor
+from ddpm.metrics.judge import SampleJudge
 from ddpm.pipelines.base import Sampling
 from ddpm.viz import save_grid, save_panels
 
@@ -213,10 +212,7 @@ def run(args) -> int:
         what.update(mask=args.mask, jump=jump, resample=resample, network_calls_per_image=calls)
         about = f"inpainting ({args.mask}; RePaint j = {jump}, r = {resample}: {calls} network calls per image)"
     else:
-        source = None
-        if labels is not None and loaded.cond != "none":
-            source = condition_for_labels(loaded.cond, labels, loaded.label_names, loaded.config.data.dataset)
-            source = source.to(device) if isinstance(source, torch.Tensor) else source
+        source = editor.condition(labels) if labels is not None else None
         if mode == "invert":
             x_T = editor.invert(images, source)
             results = editor.reconstruct(x_T, target if target is not None else source)
@@ -238,17 +234,12 @@ def run(args) -> int:
                 other, other_label = _read(args.interpolate, loaded.image_shape, "--interpolate"), None
             else:
                 raise UsageError(f"--interpolate {shorten(args.interpolate, 80)}: neither a test index nor a file")
-            other_source = None
-            if other_label is not None and loaded.cond != "none":
-                other_source = condition_for_labels(loaded.cond, other_label, loaded.label_names,
-                                                    loaded.config.data.dataset)
-                other_source = other_source.to(device) if isinstance(other_source, torch.Tensor) else other_source
-            frames = args.frames or 8
-            results = editor.interpolate(images[:1], other, source, other_source, frames=max(frames, 2))
-            images = torch.cat([images[:1].expand(frames, -1, -1, -1)])
+            other_source = editor.condition(other_label) if other_label is not None else None
+            frames = max(args.frames or 8, 2)
+            results = editor.interpolate(images[:1], other, source, other_source, frames=frames)
+            images = images[:1].expand(frames, -1, -1, -1)
             what.update(other=args.interpolate, frames=frames)
             about = f"interpolation in {frames} frames to {args.interpolate}"
-            results = results[:frames]
     results = results.cpu().clamp(-1, 1)
     images = images.cpu()
     if out.suffix == ".npz":
@@ -280,7 +271,7 @@ def _evaluate(args, device) -> int:
     out = check_output(args.out or f"samples/edit_eval_{args.evaluate}.json", (".json",), "--out")
     loaded = load_image_run(args.run, device, text=args.prompt is not None)
     n = args.n or 200
-    mode = {"sdedit": "sdedit", "inpaint": "inpaint", "invert": "invert"}[args.evaluate]
+    mode = args.evaluate  # the names of DEFAULTS
     sampler, default_steps = DEFAULTS[mode]
     sampler = args.sampler or sampler
     steps, options = sampler_flags(args, loaded.diffusion.T, sampler,

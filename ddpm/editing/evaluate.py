@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddpm.conditions import condition_for_labels
 from ddpm.datasets import ImageDataset, measure_digits, to_float, to_uint8
 from ddpm.editing.masks import named_mask
 from ddpm.editing.repaint import network_calls
@@ -42,12 +41,6 @@ def crude_drawings(images: Tensor, cells: int = 7, level: float = 0.35) -> Tenso
     x = to_float(images) * 0.5 + 0.5
     coarse = (F.adaptive_avg_pool2d(x, cells) > level).float()
     return to_uint8(F.interpolate(coarse, size=images.shape[-2:], mode="nearest") * 2 - 1)
-
-
-def _condition(editor: Editor, labels: Tensor):
-    run = editor.run
-    cond = condition_for_labels(run.cond, labels, run.label_names, run.config.data.dataset)
-    return cond.to(editor.device) if isinstance(cond, Tensor) else cond
 
 
 def _style_kept(inputs: Tensor, outputs: Tensor) -> dict[str, float]:
@@ -78,10 +71,10 @@ def sdedit_curve(editor: Editor, judge: SampleJudge, test: ImageDataset, idx: Te
     rows = []
     for s in strengths:
         start = time.perf_counter()
-        out = to_uint8(editor.sdedit(to_float(inputs), _condition(editor, targets), s,
+        out = to_uint8(editor.sdedit(to_float(inputs), editor.condition(targets), s,
                                      torch.Generator(editor.device).manual_seed(seed)).cpu())
         seconds = time.perf_counter() - start
-        sketch = to_uint8(editor.sdedit(to_float(crude), _condition(editor, labels), s,
+        sketch = to_uint8(editor.sdedit(to_float(crude), editor.condition(labels), s,
                                         torch.Generator(editor.device).manual_seed(seed)).cpu())
         rows.append({"strength": s, **{f"target_{k}": v for k, v in _judged(judge, out, targets).items()},
                      "distance_to_input": float((out.float() - inputs.float()).abs().mean() / 255),
@@ -118,7 +111,7 @@ def inversion_table(editor: Editor, judge: SampleJudge, test: ImageDataset, idx:
                     guidances: Sequence[float], strengths: Sequence[float], seed: int = 0) -> dict[str, list[dict]]:
     run = editor.run
     inputs, labels = test.images[idx], test.labels[idx]
-    x, source = to_float(inputs), _condition(editor, labels)
+    x, source = to_float(inputs), editor.condition(labels)
     reconstruction = []
     for g in guidances:
         guided = Editor(run, Sampling("ddim", None, g, {}))
@@ -128,7 +121,7 @@ def inversion_table(editor: Editor, judge: SampleJudge, test: ImageDataset, idx:
             reconstruction.append({"guidance": g, "steps": n, "psnr": mean_psnr(back, inputs),
                                    "seconds_per_image": (time.perf_counter() - start) / len(idx)})
     targets = _targets(labels, seed)
-    target = _condition(editor, targets)
+    target = editor.condition(targets)
     edits = []
     unguided = Editor(run, Sampling("ddim", None, 1.0, {}))
     for g in guidances:

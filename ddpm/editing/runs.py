@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ddpm.checkpoints import LoadedRun
+from ddpm.conditions import condition_for_labels
 from ddpm.editing.inversion import ddim_invert, ddim_reconstruct, slerp
 from ddpm.editing.masks import check_mask, to_grid
 from ddpm.editing.repaint import repaint
@@ -42,6 +43,12 @@ class Editor:
     def encode(self, images: Tensor) -> Tensor:
         """Images in [-1, 1] as the diffusion model sees them (a latent model's latents)."""
         return self.run.config.hook.encode(self.run.frozen, images.to(self.device))
+
+    def condition(self, labels: Tensor):
+        """What this run is given to draw these classes (ddpm.conditions.condition_for_labels), on its device."""
+        run = self.run
+        cond = condition_for_labels(run.cond, labels, run.label_names, run.config.data.dataset)
+        return cond.to(self.device) if isinstance(cond, Tensor) else cond
 
     @property
     def device(self):
