@@ -65,7 +65,8 @@ def build_diffusion(config: Config, device: str | torch.device = "cpu") -> Gauss
     """
     d = config.diffusion
     betas = make_betas(d.schedule, d.T, zero_terminal_snr=d.zero_terminal_snr)
-    diffusion = GaussianDiffusion(betas, prediction=d.prediction)
+    diffusion = GaussianDiffusion(betas, prediction=d.prediction,
+                                  learned_variance=getattr(config.model, "learn_sigma", False))
     device = torch.device(device)
     return diffusion.to(device, torch.float32) if device.type == "mps" else diffusion.to(device)
 

@@ -20,6 +20,9 @@ from typing import Any, Literal, get_args
 from ddpm._util import check_mode, dataclass_from_dict
 from ddpm.datasets import caption_max_words, caption_vocabulary, dataset_label_names
 from ddpm.diffusion import PREDICTIONS
+from ddpm.improved import LOSSES, TIMESTEP_SAMPLERS
+from ddpm.improved.importance import TimestepSampling
+from ddpm.improved.losses import Loss
 from ddpm.nn.unet import UNetConfig
 from ddpm.samplers import check_guidance
 from ddpm.schedules import SCHEDULES
@@ -59,10 +62,18 @@ class DiffusionConfig:
     prediction: str = "eps"
     zero_terminal_snr: bool = False
     min_snr_gamma: float | None = None  # Hang et al. 2023 loss weighting (5.0 is theirs); None = L_simple
+    # Improved DDPM (ddpm.improved): "simple" (Ho et al.'s L_simple), "hybrid" (+ 0.001 L_vlb, needs the U-Net's
+    # learn_sigma) or "vlb" (the bound itself); t drawn "uniform" or by "importance" (Sec. 3.3, for L_vlb)
+    loss: Loss = "simple"
+    timesteps: TimestepSampling = "uniform"
 
     def __post_init__(self) -> None:
         check_mode(self.schedule, tuple(SCHEDULES), "schedule")
         check_mode(self.prediction, PREDICTIONS, "prediction")
+        check_mode(self.loss, LOSSES, "loss")
+        check_mode(self.timesteps, TIMESTEP_SAMPLERS, "timesteps")
+        if self.min_snr_gamma is not None and self.loss != "simple":
+            raise ValueError(f"min_snr_gamma weights L_simple; the {self.loss!r} loss has its own weights: drop one")
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _ = self.network  # raises for a network the kind is not built of
+        if self.diffusion.loss == "hybrid" and not getattr(self.model, "learn_sigma", False):
+            raise ValueError("the hybrid loss trains a learned variance: give the U-Net learn_sigma=True (as the "
+                             "preset mnist-hybrid does), or use loss 'simple' or 'vlb'")
         self.hook.check(self)
 
     @property

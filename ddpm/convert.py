@@ -184,7 +184,8 @@ def _attention_levels(down: list[str], up: list[str], levels: int) -> list[int]:
 
 def diffusers_config(config: UNetConfig) -> dict[str, Any]:
     """The diffusers UNet2DModel config of our U-Net (every field written out, none left to defaults)."""
-    for field, ok in (("cond", config.cond == "none"), ("film", not config.film)):
+    for field, ok in (("cond", config.cond == "none"), ("film", not config.film),
+                      ("learn_sigma", not config.learn_sigma)):
         if not ok:
             raise ValueError(f"UNetConfig {field}={getattr(config, field)!r} has no diffusers UNet2DModel "
                              f"equivalent here: only unconditional, additive-embedding U-Nets convert")

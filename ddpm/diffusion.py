@@ -22,7 +22,7 @@ from ddpm._util import check_mode
 from ddpm.schedules import alpha_bar as _alpha_bar
 
 Prediction = Literal["eps", "x0", "v"]
-Variance = Literal["fixed_small", "fixed_large"]
+Variance = Literal["fixed_small", "fixed_large", "learned_range"]
 PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 VARIANCES: tuple[str, ...] = get_args(Variance)
 
@@ -45,11 +45,16 @@ class GaussianDiffusion(nn.Module):
             (v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0, Salimans & Ho 2022).
         timestep_map: for a respaced process (ddpm.samplers.respace), the original timestep index of
             each of its steps, passed to the network; identity by default.
+        learned_variance: the network also outputs v, one value per input element (2C channels: the mean's
+            output first, then v), and Sigma_theta interpolates between beta_tilde_t and beta_t (Nichol &
+            Dhariwal 2021, Eq. 15; the variance "learned_range").
     """
 
-    def __init__(self, betas: Tensor, prediction: Prediction = "eps", timestep_map: Tensor | None = None):
+    def __init__(self, betas: Tensor, prediction: Prediction = "eps", timestep_map: Tensor | None = None,
+                 learned_variance: bool = False):
         super().__init__()
         self.prediction = check_mode(prediction, PREDICTIONS, "prediction")
+        self.learned_variance = bool(learned_variance)
         betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
         if betas.dim() != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a 1-D tensor of T values, got shape {tuple(betas.shape)}")
@@ -82,6 +87,7 @@ class GaussianDiffusion(nn.Module):
         # "fixed_large" sigma_t^2 = beta_t, with beta_tilde[1] at index 0 as the original code does
         self.register_buffer("large_variance", torch.cat([floor.view(1), betas[1:]]))
         self.register_buffer("large_log_variance", torch.log(self.large_variance))
+        self.register_buffer("log_betas", torch.log(betas))  # the upper end of Eq. 15's range (unclipped at index 0)
 
         if timestep_map is None:
             timestep_map = torch.arange(self.T)
@@ -149,12 +155,25 @@ class GaussianDiffusion(nn.Module):
         """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v."""
         return extract(self.sqrt_one_minus_alpha_bar, t, x_t) * x_t + extract(self.sqrt_alpha_bar, t, x_t) * v
 
+    def split_output(self, model_output: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(the mean's output [B, C, ...], v [B, C, ...] or None): a learned-variance network's 2C output channels
+        split in two; any other network's output as it is, with None."""
+        if not self.learned_variance:
+            return model_output, None
+        if model_output.shape[1] % 2:
+            raise ValueError(f"a learned-variance process takes 2C output channels (the mean's, then v), got "
+                             f"{model_output.shape[1]}")
+        mean_output, v = model_output.chunk(2, dim=1)
+        return mean_output, v
+
     def pred_x0_eps(self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = False):
-        """(pred_x0, pred_eps) from the network output, for any parameterization.
+        """(pred_x0, pred_eps) from the network output, for any parameterization (a learned variance's v channels
+        are dropped: DDIM and DPM-Solver++ read only this, so they ignore a learned variance).
 
         With clip_denoised, pred_x0 is clipped to the data range [-1, 1] and pred_eps is recomputed from
         the clipped x0, so that x_t = sqrt(alpha_bar) pred_x0 + sqrt(1 - alpha_bar) pred_eps still holds.
         """
+        model_output = self.split_output(model_output)[0]
         if self.prediction == "eps":
             pred_x0 = self.x0_from_eps(x_t, t, model_output)
             pred_eps = model_output
@@ -181,7 +200,7 @@ class GaussianDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ the reverse process p_theta
     def p_mean_variance(self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True,
-                        variance: Variance = "fixed_small") -> dict[str, Tensor]:
+                        variance: Variance | None = None) -> dict[str, Tensor]:
         r"""p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I), Sec. 3.2.
 
         mu_theta = mu_tilde(pred_x0, x_t): the posterior mean with the predicted x0 plugged in. For eps
@@ -189,26 +208,49 @@ class GaussianDiffusion(nn.Module):
             mu_theta = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta).
         sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large"). At index 0 (paper t = 1) both use
         beta_tilde of the next step, as the original code does: beta_tilde_1 is 0, whose log the decoder L_0
-        could not take; sampling adds no noise there anyway. ``variance`` is always exp(log_variance).
+        could not take; sampling adds no noise there anyway. "learned_range" (or None for a learned-variance
+        process) is Eq. 15 of Nichol & Dhariwal (see p_log_variance). ``variance`` is always exp(log_variance).
 
         Returns dict(mean, variance, log_variance, pred_x0, pred_eps), each [B, ...] like x_t.
         """
-        log_var = self.p_log_variance(x_t, t, variance)
+        log_var = self.p_log_variance(x_t, t, variance, model_output)
         pred_x0, pred_eps = self.pred_x0_eps(model_output, x_t, t, clip_denoised)
         mean = self.q_posterior_mean(pred_x0, x_t, t)
         var = torch.exp(log_var)
         return {"mean": mean, "variance": var.expand_as(x_t), "log_variance": log_var.expand_as(x_t),
                 "pred_x0": pred_x0, "pred_eps": pred_eps}
 
-    def p_log_variance(self, x_t: Tensor, t: Tensor, variance: Variance = "fixed_small") -> Tensor:
-        """log sigma_t^2 of p_theta(x_{t-1} | x_t), [B, 1, ...] in x_t's dtype: log beta_tilde_t ("fixed_small") or
-        log beta_t ("fixed_large"), both with log beta_tilde of the next step at index 0 (see p_mean_variance)."""
+    def resolve_variance(self, variance: Variance | None, fixed: Variance = "fixed_small") -> Variance:
+        """The variance mode to use: ``variance`` checked, or for None "learned_range" on a learned-variance
+        process and ``fixed`` on any other."""
+        if variance is None:
+            return "learned_range" if self.learned_variance else fixed
         check_mode(variance, VARIANCES, "variance")
-        table = self.posterior_log_variance if variance == "fixed_small" else self.large_log_variance
-        return extract(table, t, x_t)
+        if variance == "learned_range" and not self.learned_variance:
+            raise ValueError("variance 'learned_range' needs a network that outputs its variance (a learned-variance "
+                             "model, e.g. the preset mnist-hybrid); use 'fixed_small' or 'fixed_large'")
+        return variance
+
+    def p_log_variance(self, x_t: Tensor, t: Tensor, variance: Variance | None = None,
+                       model_output: Tensor | None = None) -> Tensor:
+        r"""log sigma_t^2 of p_theta(x_{t-1} | x_t) in x_t's dtype: log beta_tilde_t ("fixed_small") or log beta_t
+        ("fixed_large"), both with log beta_tilde of the next step at index 0 (see p_mean_variance), [B, 1, ...];
+        or, for "learned_range", Nichol & Dhariwal's Eq. 15 with the network's v = model_output's second half,
+        mapped from the network's unconstrained output by v = (out + 1) / 2 as the original code does, [B, C, ...]:
+
+            log Sigma_theta = v log beta_t + (1 - v) log beta_tilde_t   (beta_tilde with its floor at index 0)
+        """
+        variance = self.resolve_variance(variance)
+        if variance != "learned_range":
+            table = self.posterior_log_variance if variance == "fixed_small" else self.large_log_variance
+            return extract(table, t, x_t)
+        if model_output is None:
+            raise ValueError("the variance 'learned_range' is read from the network's output: pass model_output")
+        v = (self.split_output(model_output)[1].to(x_t.dtype) + 1) / 2
+        return v * extract(self.log_betas, t, x_t) + (1 - v) * extract(self.posterior_log_variance, t, x_t)
 
     def p_sample(self, model_output: Tensor, x_t: Tensor, t: Tensor, noise: Tensor | None,
-                 clip_denoised: bool = True, variance: Variance = "fixed_small") -> tuple[Tensor, Tensor]:
+                 clip_denoised: bool = True, variance: Variance | None = None) -> tuple[Tensor, Tensor]:
         """One ancestral step, Algorithm 2 line 4: x_{t-1} = mu_theta + sigma_t z, z ~ N(0, I).
 
         No noise is added where t == 0 (the last step returns the mean). noise may be None only if every
@@ -223,6 +265,17 @@ class GaussianDiffusion(nn.Module):
         return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise, out["pred_x0"]
 
     # ------------------------------------------------------------------ training
+    def checked_output(self, output: Tensor, x0: Tensor) -> Tensor:
+        """The network's output, if it has the shape this process reads (x0's, twice the channels with a learned
+        variance); a ValueError saying what it should be otherwise."""
+        want = (x0.shape[0], x0.shape[1] * (2 if self.learned_variance else 1), *x0.shape[2:])
+        if tuple(output.shape) != want:
+            each = "two values per input element (the mean's output, then v)" if self.learned_variance else \
+                "one value per input element"
+            raise ValueError(f"the model returned shape {tuple(output.shape)} for input {tuple(x0.shape)}; "
+                             f"it must return {each}")
+        return output
+
     def sample_timesteps(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> Tensor:
         """t ~ Uniform{0..T-1} (Algorithm 1 line 3: every step, including the paper's t = 1)."""
         return torch.randint(0, self.T, (batch_size,), device=device, generator=generator)
@@ -245,10 +298,7 @@ class GaussianDiffusion(nn.Module):
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        output = model(x_t, self.model_t(t), cond)
-        if output.shape != x0.shape:
-            raise ValueError(f"the model returned shape {tuple(output.shape)} for input {tuple(x0.shape)}; "
-                             "it must return one value per input element")
+        output = self.split_output(self.checked_output(model(x_t, self.model_t(t), cond), x0))[0]
         losses = ((self.target(x0, t, noise) - output.float()) ** 2).flatten(1).mean(dim=1)
         if min_snr_gamma is not None:
             s = extract(self.alpha_bar / (1 - self.alpha_bar), t, losses).reshape(-1)

@@ -70,11 +70,13 @@ def prior_bpd(diffusion: GaussianDiffusion, x0: Tensor) -> Tensor:
 
 
 def vb_term_bpd(diffusion: GaussianDiffusion, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Tensor,
-                clip_denoised: bool = True, variance: Variance = "fixed_large") -> Tensor:
+                clip_denoised: bool = True, variance: Variance | None = None) -> Tensor:
     """One term of Eq. 5 in bits/dim, [B]: L_{t-1} = KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0,
-    and the discretized decoder L_0 = -log p(x0 | x_1) where t == 0."""
+    and the discretized decoder L_0 = -log p(x0 | x_1) where t == 0. variance None: the network's own for a
+    learned-variance model (Nichol & Dhariwal's Eq. 15), else "fixed_large" (beta_t, the better one for the bound)."""
     true_mean, _, true_log_var = diffusion.q_posterior(x0, x_t, t)
-    out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised, variance)
+    out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised, diffusion.resolve_variance(variance,
+                                                                                                     "fixed_large"))
     first = t == 0
     terms = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
     if not bool(first.all()):
@@ -117,7 +119,7 @@ def t_ranges(T: int, parts: int = NUM_T_RANGES) -> list[tuple[int, int]]:
 @torch.no_grad()
 def bound_terms(model, diffusion: GaussianDiffusion, x0: Tensor, t_plan: Tensor, cond: Any = None, *,
                 batch_size: int | None = None, generator: torch.Generator | None = None,
-                variance: Variance = "fixed_large", clip_denoised: bool = True, progress: bool = False) -> Tensor:
+                variance: Variance | None = None, clip_denoised: bool = True, progress: bool = False) -> Tensor:
     """The terms L_{t} of Eq. 5 (bits/dim) for image i at each planned index t_plan[i, j]: float64 [n, k].
 
     The n * k (image, t) pairs are evaluated column by column (every image at its first planned t, then
@@ -155,7 +157,7 @@ def bound_terms(model, diffusion: GaussianDiffusion, x0: Tensor, t_plan: Tensor,
     return terms.view(k, n).T
 
 
-def bits_per_dim(model, diffusion: GaussianDiffusion, x0: Tensor, cond=None, *, variance: Variance = "fixed_large",
+def bits_per_dim(model, diffusion: GaussianDiffusion, x0: Tensor, cond=None, *, variance: Variance | None = None,
                  clip_denoised: bool = True, generator: torch.Generator | None = None,
                  batch_size: int | None = None, progress: bool = False) -> dict[str, Tensor]:
     """The whole bound for a batch x0 [B, C, H, W] (8-bit data in [-1, 1]), every t: T network calls of B.
@@ -173,7 +175,7 @@ def bits_per_dim(model, diffusion: GaussianDiffusion, x0: Tensor, cond=None, *, 
 
 
 def estimate_bpd(model, diffusion: GaussianDiffusion, x0: Tensor, cond: Any = None, *,
-                 timesteps: int | None = None, seed: int = 0, batch_size: int = 64, variance: Variance = "fixed_large",
+                 timesteps: int | None = None, seed: int = 0, batch_size: int = 64, variance: Variance | None = None,
                  clip_denoised: bool = True, progress: bool = False) -> dict[str, Any]:
     """The bound over a set of images x0 [n, C, H, W] on the diffusion's device, summarized in floats.
 
@@ -184,6 +186,7 @@ def estimate_bpd(model, diffusion: GaussianDiffusion, x0: Tensor, cond: Any = No
     T, timesteps, forward_passes, batch_size, variance, seconds.
     """
     start = time.perf_counter()
+    variance = diffusion.resolve_variance(variance, "fixed_large")
     n, T = len(x0), diffusion.T
     if n == 0:
         raise ValueError("no images to evaluate")

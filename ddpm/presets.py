@@ -19,9 +19,11 @@ from ddpm.pipelines.base import FOLDERS
 __all__ = ["PRESETS", "get_preset", "BENCH", "NOT_BENCHED"]
 
 
-def _mnist_like(preset: str, dataset: str, cond: str, **train) -> Config:
-    model = with_conditioning(UNET_PRESETS["mnist"], cond, dataset)
-    return Config(preset=preset, data=DataConfig(dataset=dataset), model=model,
+def _mnist_like(preset: str, dataset: str, cond: str, diffusion: DiffusionConfig | None = None,
+                learn_sigma: bool = False, **train) -> Config:
+    diffusion = diffusion or DiffusionConfig()
+    model = dataclasses.replace(with_conditioning(UNET_PRESETS["mnist"], cond, dataset), learn_sigma=learn_sigma)
+    return Config(preset=preset, data=DataConfig(dataset=dataset), model=model, diffusion=diffusion,
                   train=TrainConfig(**{**MNIST_TRAIN, **train}))
 
 
@@ -30,6 +32,11 @@ PRESETS: dict[str, Config] = {
     # the text encoder learns at a tenth of the U-Net's rate (docs/results.md: "Why the text path learned
     # slowly"), and attributes take longer to learn than the digit: twice the mnist budget
     "mnist-text": _mnist_like("mnist-text", "mnist", "text", steps=1800, cond_lr_scale=0.1),
+    # Improved DDPM (ddpm.improved): the mnist network with the variance channel, on L_hybrid or on the bound with
+    # importance-sampled t (Nichol & Dhariwal 2021; docs/improved.md)
+    "mnist-hybrid": _mnist_like("mnist-hybrid", "mnist", "class", DiffusionConfig(loss="hybrid"), learn_sigma=True),
+    "mnist-vlb": _mnist_like("mnist-vlb", "mnist", "class", DiffusionConfig(loss="vlb", timesteps="importance"),
+                             learn_sigma=True),
     "fashion-mnist": _mnist_like("fashion-mnist", "fashion-mnist", "class", steps=4000),
     "cifar10": Config(
         preset="cifar10", data=DataConfig(dataset="cifar10", hflip=True),

@@ -50,6 +50,7 @@ from ddpm.checkpoints import (
 from ddpm.config import Config, resume_changes
 from ddpm.data import training_loader
 from ddpm.datasets import Labels, captions_for
+from ddpm.improved import timestep_sampler
 from ddpm.memory import BatchTooLarge, check_batch, saved_bytes_per_item
 from ddpm.optim import EMA, MAX_MINUTES, TimeBudget, lr_factor, param_groups
 from ddpm.pipelines.base import GridInputs
@@ -119,6 +120,7 @@ class Trainer:
         self.model = build_model(self.config).to(self.device)
         self._check_memory()
         self.diffusion = build_diffusion(self.config, self.device)
+        self.timesteps = timestep_sampler(self.config.diffusion.timesteps, self.diffusion.T)  # None: uniform
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(param_groups(self.model, tc.lr, tc.cond_lr_scale), lr=tc.lr,
@@ -174,10 +176,13 @@ class Trainer:
         embeddings, a super-resolution model's low-res input) and may have a loss of its own (an autoencoder's)."""
         self.net.train()
         x0 = x0.to(self.device, non_blocking=True)
+        weights = None
+        if t is None and self.timesteps is not None:  # Improved DDPM's importance sampling of t (Sec. 3.3)
+            t, weights = self.timesteps.draw(x0.shape[0], self.device)
         net, x0, cond, t = self.kind.training_inputs(self.net, self.diffusion, self.frozen, self.config, x0, cond, t)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             losses, t = self.kind.loss(net, self.diffusion, self.config, x0, cond, t, noise)  # L_simple, Eq. 14
-        loss = losses.mean()
+        loss = losses.mean() if weights is None else (losses * weights).mean()  # unbiased: E_p[w L_t] = mean_t L_t
         if not torch.isfinite(loss):
             raise TrainingError(self._nan_message(loss.item(), self.use_amp))
         self.optimizer.zero_grad(set_to_none=True)
@@ -186,6 +191,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.model)
+        if weights is not None:
+            self.timesteps.update(t, losses.detach())  # each t's recent losses, unweighted
         self.step += 1
         return losses.detach(), t, float(grad_norm)
 
@@ -220,6 +227,7 @@ class Trainer:
             "loader": self._gather(self.loader.state_dict()),
             "caption_rng": self._gather(self.caption_gen.get_state()),
             "runlog": self.log.state_dict() if self.log is not None else None,
+            "timesteps": self._gather(self.timesteps.state_dict()) if self.timesteps is not None else None,
         }
 
     def save_checkpoint(self, final: bool = False) -> Path | None:
@@ -265,6 +273,8 @@ class Trainer:
         self.caption_gen.set_state(ckpt["caption_rng"][r].cpu())
         if self.log is not None and ckpt.get("runlog"):
             self.log.load_state_dict(ckpt["runlog"])
+        if self.timesteps is not None:
+            self.timesteps.load_state_dict(ckpt["timesteps"][r])
         return changes
 
     def _boundary(self) -> tuple:

@@ -33,6 +33,7 @@ LAYERS = [
     ["ddpm.nn", "ddpm.schedules", "ddpm.pipelines.*.autoencoder", "ddpm.pipelines.*.clip", "ddpm.pipelines.*.prior"],
     ["ddpm.diffusion"],
     ["ddpm.likelihood"],
+    ["ddpm.improved"],
     ["ddpm.samplers", "ddpm.conditions"],
     ["ddpm.editing"],
     ["ddpm.viz"],

@@ -134,7 +134,8 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str | None = "ddim", 
     p.add_argument("--eta", type=nonnegative_float, default=None, help="ddim: eta (0, the default: deterministic; "
                                                                        "1: ancestral-like)")
     p.add_argument("--variance", choices=VARIANCES, default=None,
-                   help="ancestral: sigma_t^2 = beta_tilde (fixed_small, default) or beta (fixed_large)")
+                   help="ancestral: sigma_t^2 = beta_tilde (fixed_small, default) or beta (fixed_large), or the "
+                        "network's own (learned_range, the default for a learned-variance model)")
 
 
 def sampler_flags(args, T: int | None, sampler: str | None = None,

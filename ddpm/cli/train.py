@@ -17,6 +17,7 @@ from ddpm.config import Config
 from ddpm.optim import MAX_MINUTES
 from ddpm.presets import PRESETS, get_preset
 from ddpm.runtime import setup_distributed
+from ddpm.schedules import SCHEDULES
 from ddpm.training import Trainer
 
 __all__ = ["add_arguments", "run", "train_config"]
@@ -74,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-max", type=_fraction, help="super-resolution presets: the highest noise-augmentation "
                                                     "level of the low-res input in training, in [0, 1] (0: none, "
                                                     "the ablation; default: the preset's 0.5)")
+    p.add_argument("--schedule", choices=tuple(SCHEDULES), help="the beta schedule (default: the preset's; cosine is "
+                                                               "Improved DDPM's)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--sample-every", type=nonnegative_int,
                    help="write a sample grid every N steps (0: only at the end)")
@@ -90,7 +93,8 @@ def _overrides(args) -> dict:
         "sample_every": args.sample_every, "ckpt_every": args.ckpt_every, "ema_decay": args.ema_decay,
         "compile": True if args.compile else None, "cond": args.cond,
         "cond_lr_scale": args.cond_lr_scale, "precision": args.precision,
-        "autoencoder": args.autoencoder, "aug_max": args.aug_max, "clip": args.clip}.items() if v is not None}
+        "autoencoder": args.autoencoder, "aug_max": args.aug_max, "clip": args.clip,
+        "schedule": args.schedule}.items() if v is not None}
 
 
 def _run_dir(args) -> Path:

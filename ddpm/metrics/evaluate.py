@@ -45,7 +45,7 @@ FRECHET_NOTE = ("Frechet distance between features of this project's small class
 # ------------------------------------------------------------------ bits/dim
 def bits_per_dim_dataset(model, diffusion: GaussianDiffusion, dataset: ImageDataset | Tensor,
                          n: int | None = 64, batch_size: int = 64, cond: Any = None, *,
-                         timesteps: int | None = None, seed: int = 0, variance: str = "fixed_large",
+                         timesteps: int | None = None, seed: int = 0, variance: str | None = None,
                          clip_denoised: bool = True, progress: bool = False) -> dict[str, Any]:
     r"""The variational bound (Ho et al. Eq. 5) on -log2 p(x0) per dimension, over n images of a dataset.
 
@@ -61,7 +61,8 @@ def bits_per_dim_dataset(model, diffusion: GaussianDiffusion, dataset: ImageData
         cond: None (the null condition: the unconditional bound), "labels" (the dataset's labels: the bound
             on -log p(x0 | y)), or one condition per image (tensor [N] or list of N prompts).
         timesteps: None for all T; k < T for a stratified estimate of the sum over t.
-        variance: reverse-process variance, "fixed_large" (as in bits_per_dim) or "fixed_small".
+        variance: reverse-process variance, "fixed_large", "fixed_small" or "learned_range"; None: the model's
+            learned one if it has one, else "fixed_large" (as in bits_per_dim).
 
     Returns the dict of ``estimate_bpd``: bpd, bpd_stderr, prior, decoder, kl, kl_by_range, per_t, ...
     """

@@ -66,7 +66,7 @@ class UNet(nn.Module):
                                   self._block(ch, ch, low, self_attn=False, cross=False)])
         ch = self._build_up(skip_chs, ch)
         self.norm_out = nn.GroupNorm(c.num_groups, ch, eps=c.norm_eps)
-        self.conv_out = nn.Conv2d(ch, c.in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, c.in_channels * (2 if c.learn_sigma else 1), 3, padding=1)  # + v: learn_sigma
         self._init_weights()
 
     def _block(self, in_ch: int, out_ch: int, res: int, self_attn: bool | None = None,
@@ -187,7 +187,8 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Any = None, low_res: Tensor | None = None,
                 aug_t: Tensor | None = None) -> Tensor:
-        """x [B, C, H, W], t [B] (int64 indices 0..T-1, or float), cond -> [B, C, H, W].
+        """x [B, C, H, W], t [B] (int64 indices 0..T-1, or float), cond -> [B, C, H, W] ([B, 2C, H, W] with learn_sigma:
+        the mean's output, then v).
 
         cond: None = the learned null condition for every sample (unconditional); for cond="class" a
         LongTensor [B] of labels (-1 = null for that sample); for cond="text" a list of B prompts

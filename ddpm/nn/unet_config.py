@@ -97,6 +97,8 @@ class UNetConfig:
     # super-resolution (a cascade's second stage): channels of the upsampled low-res image concatenated to x_t
     # (0: none), and the embedding of its noise-augmentation level added to the time embedding
     low_res_channels: int = 0
+    # Improved DDPM (Nichol & Dhariwal 2021): also output v per pixel for a learned variance (2 x in_channels out)
+    learn_sigma: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists for tuple fields (e.g. from JSON or overrides) but store tuples: the config is frozen.

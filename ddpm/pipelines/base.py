@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ddpm.improved import improved_losses
 from ddpm.nn.mlp import MLP, MLPConfig
 from ddpm.nn.unet import UNet, UNetConfig
 from ddpm.samplers import ddim_sample
@@ -141,9 +142,12 @@ class Kind:
 
     def loss(self, net, diffusion: GaussianDiffusion, config: Config, x0: Tensor, cond, t: Tensor | None,
              noise: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """(per-example losses [B], t [B]): L_simple at t ~ U{0..T-1} (Algorithm 1)."""
+        """(per-example losses [B], t [B]): L_simple at t ~ U{0..T-1} (Algorithm 1), or the config's loss of
+        Improved DDPM (ddpm.improved: L_hybrid, L_vlb) at t given by the trainer's timestep sampler."""
         if t is None:
             t = diffusion.sample_timesteps(x0.shape[0], device=x0.device)
+        if config.diffusion.loss != "simple":
+            return improved_losses(net, diffusion, x0, cond, t, noise, config.diffusion.loss), t
         losses = diffusion.training_loss(net, x0, cond, t=t, noise=noise, reduction="none",
                                          min_snr_gamma=config.diffusion.min_snr_gamma)
         return losses, t

@@ -7,25 +7,25 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ddpm._util import check_mode
-from ddpm.diffusion import VARIANCES, GaussianDiffusion, Variance
+from ddpm.diffusion import GaussianDiffusion, Variance
 from ddpm.samplers.steps import SamplerOptions, Step, last
 
 __all__ = ["ancestral_sample_progressive", "ancestral_sample"]
 
 
 def ancestral_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None, *,
-                                 steps: int | None = None, variance: Variance = "fixed_small",
+                                 steps: int | None = None, variance: Variance | None = None,
                                  **options) -> Iterator[Step]:
     """Algorithm 2 on ``steps`` timesteps (None: all T; fewer: a respaced process), sigma_t^2 from ``variance``:
-    beta_tilde_t ("fixed_small", much the better with few steps) or beta_t ("fixed_large").
+    beta_tilde_t ("fixed_small", much the better with few steps), beta_t ("fixed_large"), or the network's own
+    (Nichol & Dhariwal's Eq. 15, "learned_range", between the two of the respaced process). None: the learned one
+    for a learned-variance model, else "fixed_small".
 
     Yields a Step (t, x_t, pred_x0, x_{t-1}) after every step; the last one's x_prev is x_0. ``options``: the
     keyword arguments every sampler takes (ddpm.samplers.SamplerOptions: spacing, guidance_scale, threshold, x_T,
     generator, device, dtype, progress, ...); the thresholded pred_x0 enters the posterior mean.
     """
-    check_mode(variance, VARIANCES, "variance")
-    return _algorithm_2(model, diffusion, shape, cond, steps, variance,
+    return _algorithm_2(model, diffusion, shape, cond, steps, diffusion.resolve_variance(variance),
                         SamplerOptions.of("ancestral_sample_progressive", options))
 
 
@@ -49,7 +49,7 @@ def _algorithm_2(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[
         pred_x0, _ = opts.denoise(process, output, x, t)
         mean = process.q_posterior_mean(pred_x0, x, t)  # mu_theta(x_t, t)
         if i > 0:
-            sigma = torch.exp(0.5 * process.p_log_variance(x, t, variance))
+            sigma = torch.exp(0.5 * process.p_log_variance(x, t, variance, output))
             x_prev = mean + sigma * opts.noise(x)  # x_{t-1} = mu_theta + sigma_t z
         else:
             x_prev = mean  # z = 0 at the last step: x_0 = mu_theta(x_1, 1)

@@ -39,13 +39,16 @@ def with_null(cond):
     return list(cond) + [""] * len(cond)
 
 
-def guided(model: Callable, guidance_scale: float | None, batched: bool = False) -> Callable:
+def guided(model: Callable, guidance_scale: float | None, batched: bool = False,
+           learned_variance: bool = False) -> Callable:
     """Classifier-free guidance (Ho & Salimans 2022): out = out_u + s (out_c - out_u).
 
     out_c = model(x_t, t, cond) and out_u = model(x_t, t, None) (the learned null condition). s = 1 is
     the plain conditional model, s = 0 the unconditional one; the paper's w is s - 1. Guiding the eps,
     x0 or v output is the same thing, since each is affine in the others with x_t fixed. batched=True makes
     the two calls one, on the stacked batch [x_t; x_t] with [cond; null] (the same numbers, one larger call).
+    With learned_variance (2C output channels: the mean's, then v) only the mean's half is guided and v is the
+    conditional model's, as GLIDE does: extrapolating v would leave Eq. 15's range [beta_tilde_t, beta_t].
     """
     if guidance_scale is None or guidance_scale == 1.0:
         return model
@@ -57,6 +60,9 @@ def guided(model: Callable, guidance_scale: float | None, batched: bool = False)
             out_c, out_u = model(torch.cat([x_t, x_t]), torch.cat([t, t]), with_null(cond)).chunk(2)
         else:
             out_c, out_u = model(x_t, t, cond), model(x_t, t, None)
+        if learned_variance:
+            (mean_c, v_c), (mean_u, _) = out_c.chunk(2, dim=1), out_u.chunk(2, dim=1)
+            return torch.cat([mean_u + guidance_scale * (mean_c - mean_u), v_c], dim=1)
         return out_u + guidance_scale * (out_c - out_u)
 
     return guided_model

@@ -91,6 +91,6 @@ def respace(diffusion: GaussianDiffusion, steps: int | Sequence[int],
     abar = diffusion.alpha_bar.cpu()[use]
     abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
     betas = 1 - abar / abar_prev
-    new = GaussianDiffusion(betas, prediction=diffusion.prediction,
-                            timestep_map=diffusion.timestep_map.cpu()[use])
+    new = GaussianDiffusion(betas, prediction=diffusion.prediction, timestep_map=diffusion.timestep_map.cpu()[use],
+                            learned_variance=diffusion.learned_variance)  # Eq. 15 between the respaced beta, beta_tilde
     return new.to(diffusion.betas.device)

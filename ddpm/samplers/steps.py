@@ -126,7 +126,8 @@ class SamplerOptions:
         """(process, model, x_T): the diffusion respaced to ``steps`` (the full process for None or T) between
         t_start and t_stop; the model with guidance, in its precision; x_T as given or N(0, I) on the device."""
         process = self._process(diffusion, steps)
-        model = guided(in_precision(model, self.precision), self.guidance_scale, batched=self.batched_guidance)
+        model = guided(in_precision(model, self.precision), self.guidance_scale, batched=self.batched_guidance,
+                       learned_variance=diffusion.learned_variance)
         device = self.device if self.device is not None else diffusion.betas.device
         if self.x_T is not None:
             return process, model, self.x_T.to(device, self.dtype)
