@@ -330,6 +330,13 @@ def test_the_command(tmp_path):
     assert min(json.loads((tmp_path / "inv.png.json").read_text())["psnr_db"]) > 25
 
 
+def test_a_target_alone_means_sdedit_at_the_default_strength(tmp_path):
+    """`edit --image my_digit.png --prompt "a thick seven"` (the issue's command): SDEdit at strength 0.6."""
+    r = _edit(tmp_path, "--from-test", "3", "--class", "8", "--steps", "3", "--out", "e.png")
+    assert r.returncode == 0 and "strength 0.6" in r.stdout, r.stderr
+    assert json.loads((tmp_path / "e.png.json").read_text())["strength"] == 0.6
+
+
 @pytest.mark.parametrize("args, message", [
     (["--from-test", "3"], "say how to edit"),
     (["--from-test", "3", "--strength", "0.5", "--mask", "right"], "do not combine"),

@@ -76,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--image", help="an image file to edit (any size; RGB(A); ink on paper is inverted)")
     source.add_argument("--from-test", type=index_list, metavar="INDEX[,INDEX...]",
                         help="test-set images to edit, by index")
-    p.add_argument("--strength", type=strength, help="SDEdit: the noise level t_0 / T to start from, in (0, 1]")
+    p.add_argument("--strength", type=strength, help=f"SDEdit: the noise level t_0 / T to start from, in (0, 1] "
+                                                     f"(default {DEFAULT_STRENGTH} when only --class or --prompt says "
+                                                     f"what to make)")
     p.add_argument("--mask", help=f"inpainting: a PNG mask (white: drawn, black: kept) or one of "
                                   f"{', '.join(MASK_NAMES)} (the part drawn)")
     p.add_argument("--jump", type=positive_int, default=None, help="inpainting: RePaint's jump length j (default 5)")
@@ -102,9 +104,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_flags(p)
 
 
+DEFAULT_STRENGTH = 0.6  # SDEdit with only a target given: the lowest strength read as the target >= 95% (n = 100)
+
+
 def _mode(args) -> str:
     flags = {"sdedit": "--strength", "inpaint": "--mask", "interpolate": "--interpolate"}
     chosen = [name for name, flag in flags.items() if getattr(args, flag[2:]) is not None]
+    if not chosen and not args.invert and (args.klass is not None or args.prompt is not None):
+        args.strength = DEFAULT_STRENGTH  # "redraw it as ...": SDEdit, where docs/editing.md's curve reaches 96%
+        return "sdedit"
     if not chosen and not args.invert:
         raise UsageError("say how to edit: --strength S (SDEdit), --mask M (inpainting), --invert or --interpolate "
                          "OTHER")
@@ -254,7 +262,7 @@ def run(args) -> int:
         save_panels(panels, panel, nrow=1 if len(results) <= 8 else 8, titles=titles)
     write_json(record_path(out), what)
     extra = f"; the panel: {panel}" if panel is not None else ""
-    print(f"wrote {len(results)} images ({about}; {sampler}, {steps} steps) of {named} by {loaded.path}: {out}"
+    print(f"wrote {len(results)} image{"s" if len(results) != 1 else ""} ({about}; {sampler}, {steps} steps) of {named} by {loaded.path}: {out}"
           f"{extra} (what made them: {record_path(out)})")
     return 0
 
