@@ -262,7 +262,8 @@ def run(args) -> int:
         save_panels(panels, panel, nrow=1 if len(results) <= 8 else 8, titles=titles)
     write_json(record_path(out), what)
     extra = f"; the panel: {panel}" if panel is not None else ""
-    print(f"wrote {len(results)} image{"s" if len(results) != 1 else ""} ({about}; {sampler}, {steps} steps) of {named} by {loaded.path}: {out}"
+    images = f"{len(results)} image{'s' if len(results) != 1 else ''}"
+    print(f"wrote {images} ({about}; {sampler}, {steps} steps) of {named} by {loaded.path}: {out}"
           f"{extra} (what made them: {record_path(out)})")
     return 0
 
