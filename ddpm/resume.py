@@ -18,8 +18,10 @@ from typing import Any
 from ddpm._files import write_text_atomic
 from ddpm.checkpoints import CheckpointError, migrate_config
 from ddpm.config import Config
+from ddpm.runtime import rng_state, set_rng_state
 
-__all__ = ["RESUME_KEYS", "check_config_json", "config_differences", "EDITED_SUFFIX"]
+__all__ = ["RESUME_KEYS", "check_config_json", "config_differences", "EDITED_SUFFIX", "training_state",
+           "load_training_state"]
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "loader", "ema_updates")  # a training checkpoint's
 EDITED_SUFFIX = ".edited"
@@ -82,3 +84,42 @@ def _keep(path: Path) -> Path:
     kept = path.with_name(path.name + EDITED_SUFFIX)
     write_text_atomic(kept, path.read_text(errors="replace"))
     return kept
+
+
+def training_state(trainer) -> dict[str, Any]:
+    """What a training checkpoint holds: the weights, EMA, optimizer, schedule, every random state and cursor (one
+    per process) and the importance sampler's history, so that a resumed run continues exactly."""
+    return {
+        "format": 1,
+        "step": trainer.step,
+        "config": trainer.config.to_dict(),
+        "label_names": list(trainer.label_names),
+        "model": trainer.model.state_dict(),
+        "ema": trainer.ema.model.state_dict(),
+        "ema_updates": trainer.ema.updates,
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "rng": trainer._gather(rng_state(trainer.device)),
+        "loader": trainer._gather(trainer.loader.state_dict()),
+        "caption_rng": trainer._gather(trainer.caption_gen.get_state()),
+        "runlog": trainer.log.state_dict() if trainer.log is not None else None,
+        "timesteps": trainer._gather(trainer.timesteps.state_dict()) if trainer.timesteps is not None else None,
+    }
+
+
+def load_training_state(trainer, ckpt: dict[str, Any]) -> None:
+    """Put a checked training checkpoint's state back into the trainer (its rank's random states and cursor)."""
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.ema.model.load_state_dict(ckpt["ema"])
+    trainer.ema.updates = int(ckpt["ema_updates"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    trainer.step = trainer.saved_step = int(ckpt["step"])
+    r = trainer.dist.rank
+    set_rng_state(trainer.device, ckpt["rng"][r])
+    trainer.loader.load_state_dict(ckpt["loader"][r])
+    trainer.caption_gen.set_state(ckpt["caption_rng"][r].cpu())
+    if trainer.log is not None and ckpt.get("runlog"):
+        trainer.log.load_state_dict(ckpt["runlog"])
+    if trainer.timesteps is not None:
+        trainer.timesteps.load_state_dict(ckpt["timesteps"][r])

@@ -54,7 +54,7 @@ from ddpm.improved import timestep_sampler
 from ddpm.memory import BatchTooLarge, check_batch, saved_bytes_per_item
 from ddpm.optim import EMA, MAX_MINUTES, TimeBudget, lr_factor, param_groups
 from ddpm.pipelines.base import GridInputs
-from ddpm.resume import RESUME_KEYS, check_config_json
+from ddpm.resume import RESUME_KEYS, check_config_json, load_training_state, training_state
 from ddpm.runlog import LOG_NAME, LOSS_BY_T_NAME, RunLog
 from ddpm.runtime import DistInfo, rng_state, select_device, set_rng_state
 from ddpm.samplers import bf16_is_fast
@@ -213,22 +213,7 @@ class Trainer:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "label_names": list(self.label_names),
-            "model": self.model.state_dict(),
-            "ema": self.ema.model.state_dict(),
-            "ema_updates": self.ema.updates,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": self._gather(rng_state(self.device)),
-            "loader": self._gather(self.loader.state_dict()),
-            "caption_rng": self._gather(self.caption_gen.get_state()),
-            "runlog": self.log.state_dict() if self.log is not None else None,
-            "timesteps": self._gather(self.timesteps.state_dict()) if self.timesteps is not None else None,
-        }
+        return training_state(self)
 
     def save_checkpoint(self, final: bool = False) -> Path | None:
         """Write checkpoint.pt. final (when fit stops): the Kind's on_stop runs first (an autoencoder measures its
@@ -261,20 +246,7 @@ class Trainer:
                 raise TrainingError(str(e)) from None
         if len(ckpt["rng"]) != self.dist.world_size:
             raise TrainingError(f"{self.run_dir} was trained on {len(ckpt['rng'])} processes; resume it on as many")
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.model.load_state_dict(ckpt["ema"])
-        self.ema.updates = int(ckpt["ema_updates"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step = self.saved_step = int(ckpt["step"])
-        r = self.dist.rank
-        set_rng_state(self.device, ckpt["rng"][r])
-        self.loader.load_state_dict(ckpt["loader"][r])
-        self.caption_gen.set_state(ckpt["caption_rng"][r].cpu())
-        if self.log is not None and ckpt.get("runlog"):
-            self.log.load_state_dict(ckpt["runlog"])
-        if self.timesteps is not None:
-            self.timesteps.load_state_dict(ckpt["timesteps"][r])
+        load_training_state(self, ckpt)
         return changes
 
     def _boundary(self) -> tuple:
