@@ -170,7 +170,9 @@ class Trainer:
                    noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
         """Algorithm 1, one optimizer step: x_0 from the data, t ~ U{0..T-1}, eps ~ N(0, I), a gradient step on
         ||eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t)||^2 (or the x_0 / v target of the
-        config's parameterization). Returns (per-example losses [B], t [B] or None, grad norm).
+        config's parameterization). Returns (per-example losses [B], t [B] or None, grad norm). With the config's
+        Improved DDPM options, the loss is L_hybrid or L_vlb (ddpm.improved) and t may be importance-sampled, each
+        example weighted by 1 / (T p_t); the losses returned are unweighted.
 
         The run's Kind first says what the batch becomes (a latent run's scaled latents, an unCLIP prior's
         embeddings, a super-resolution model's low-res input) and may have a loss of its own (an autoencoder's)."""
