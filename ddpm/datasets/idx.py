@@ -2,7 +2,9 @@
 
 Files are checked before they are trusted: the IDX header (magic number, dimensions, length) first,
 then the md5 of the decompressed file (or of the .gz as served by the mirrors). The shipped MNIST
-lives in ``data/mnist``; Fashion-MNIST is downloaded into ``data/fashion-mnist`` on first use.
+lives in ``data/mnist``; Fashion-MNIST is read from ``data/fashion-mnist``, else from where Debian's
+package ``dataset-fashion-mnist`` puts it (``/usr/share/datasets/fashion-mnist``), else downloaded into
+``data/fashion-mnist``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.datasets.base import DEFAULT_ROOT, DatasetError, _check_split
+from ddpm.datasets.base import DEFAULT_ROOT, DatasetError, DownloadError, _check_split
 from ddpm.datasets.files import _check_file_md5, _fetch_all, _is_verified, _mark_verified, _md5_bytes
 from ddpm.datasets.images import ImageDataset
 
@@ -30,6 +32,7 @@ __all__ = [
     "MNIST_LABEL_NAMES",
     "IdxFile",
     "IdxSource",
+    "SYSTEM_FASHION_MNIST",
     "load_fashion_mnist",
     "load_idx_dataset",
     "load_mnist",
@@ -158,20 +161,32 @@ MNIST = IdxSource(
 )
 
 # Official names are "T-shirt/top", "Trouser", ...; lower case and one word per class reads better
-# in captions ("a photo of a t-shirt").
+# in captions ("a photo of a t-shirt"). The .gz md5s are upstream's (checked on download); the md5s of the
+# decompressed files are those of Debian's package, whose .gz were recompressed (another .gz md5, the
+# same images): checking the decompressed bytes accepts either copy and nothing else.
 FASHION_MNIST = IdxSource(
     name="fashion-mnist",
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     label_names=("t-shirt", "trouser", "pullover", "dress", "coat",
                  "sandal", "shirt", "sneaker", "bag", "ankle boot"),
     train=(
-        IdxFile("train-images-idx3-ubyte", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", None, 60000),
-        IdxFile("train-labels-idx1-ubyte", "25c81989df183df01b3e8a0aad5dffbe", None, 60000),
+        IdxFile("train-images-idx3-ubyte", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "f4a8712d7a061bf5bd6d2ca38dc4d50a", 60000),
+        IdxFile("train-labels-idx1-ubyte", "25c81989df183df01b3e8a0aad5dffbe",
+                "9018921c3c673c538a1fc5bad174d6f9", 60000),
     ),
     test=(
-        IdxFile("t10k-images-idx3-ubyte", "bef4ecab320f06d8554ea6380940ec79", None, 10000),
-        IdxFile("t10k-labels-idx1-ubyte", "bb300cfdad3c16e7a12a480ee83cd310", None, 10000),
+        IdxFile("t10k-images-idx3-ubyte", "bef4ecab320f06d8554ea6380940ec79",
+                "8181f5470baa50b63fa0f6fddb340f0a", 10000),
+        IdxFile("t10k-labels-idx1-ubyte", "bb300cfdad3c16e7a12a480ee83cd310",
+                "15d484375f8d13e6eb1aabb0c3f46965", 10000),
     ),
+)
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian: apt-get install dataset-fashion-mnist
+_GET_FASHION_MNIST = (
+    "get it with Debian's package (as root: apt-get update && apt-get install dataset-fashion-mnist, into "
+    f"{SYSTEM_FASHION_MNIST}), or let ddpm download it into data/fashion-mnist on a machine with internet "
+    "(python -c \"import ddpm.datasets as d; d.load_fashion_mnist()\") and copy that folder here"
 )
 
 
@@ -304,10 +319,29 @@ def load_fashion_mnist(
     *,
     source: IdxSource = FASHION_MNIST,
     progress: bool = True,
+    system_root: Path = SYSTEM_FASHION_MNIST,
 ) -> ImageDataset:
     """Fashion-MNIST (Zalando): 10 clothing classes, same format and sizes as MNIST.
 
-    Downloaded into ``data/fashion-mnist`` on first use; the md5 of the .gz files is checked.
+    ``root=None`` looks in ``data/fashion-mnist``, then in ``/usr/share/datasets/fashion-mnist`` (Debian's
+    ``dataset-fashion-mnist``); when neither holds the split's files it downloads them into
+    ``data/fashion-mnist`` (``download``), and if that fails too, one line says both ways to get them. The md5
+    of each decompressed file is checked, so upstream's and Debian's copies both pass.
     """
-    root = DEFAULT_ROOT / "fashion-mnist" if root is None else root
-    return load_idx_dataset(source, root, split, download, verify=True, progress=progress)
+    if root is not None:
+        return load_idx_dataset(source, root, split, download, verify=True, progress=progress)
+    _check_split(split)
+    local = DEFAULT_ROOT / "fashion-mnist"
+    for candidate in (local, system_root):
+        if all(_locate(candidate, f.filename) is not None for f in getattr(source, split)):
+            return load_idx_dataset(source, candidate, split, download=False, verify=True, progress=progress)
+    if download:
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+            return load_idx_dataset(source, local, split, download=True, verify=True, progress=progress)
+        except DownloadError as exc:
+            reason = exc.failures[0][1] if exc.failures else "no mirror answered"
+            raise DatasetError(f"Fashion-MNIST {split} files are in neither {local} nor {system_root}, and the "
+                               f"download failed ({reason}): {_GET_FASHION_MNIST}.") from None
+    raise DatasetError(f"Fashion-MNIST {split} files are in neither {local} nor {system_root}: "
+                       f"{_GET_FASHION_MNIST}.")

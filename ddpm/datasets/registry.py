@@ -31,11 +31,11 @@ def load_dataset(
     """Load a dataset by name ("mnist", "fashion-mnist", "cifar10"); ``root`` is the data folder
     (default: the repository's ``data/``), MNIST and Fashion-MNIST live in sub-folders of it."""
     key = _canonical(name)
+    if key == "fashion-mnist":  # no root: data/fashion-mnist, then Debian's package, then a download
+        return load_fashion_mnist(None if root is None else Path(root) / "fashion-mnist", split, download)
     root = DEFAULT_ROOT if root is None else Path(root)
     if key == "mnist":
         return load_mnist(root / "mnist", split, download)
-    if key == "fashion-mnist":
-        return load_fashion_mnist(root / "fashion-mnist", split, download)
     if key == "cifar10":
         return load_cifar10(root, split, download)
     raise DatasetError(
