@@ -106,3 +106,18 @@ def test_a_recompressed_copy_passes_and_a_changed_one_does_not(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(changed)))
     with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz: md5 of the decompressed file"):
         load_fashion_mnist(tmp_path, "test", download=False)
+
+
+def test_class_names_as_the_sample_command_reads_them():
+    """--class takes Fashion-MNIST's names however a user types them; a wrong one lists the classes."""
+    from types import SimpleNamespace
+
+    from ddpm.cli.common import UsageError, class_index
+    loaded = SimpleNamespace(label_names=FASHION_MNIST.label_names, cond="class",
+                             config=SimpleNamespace(model=SimpleNamespace(num_classes=10)))
+    for typed, k in (("sneaker", 7), ("Sneaker", 7), ("ankle boot", 9), ("ankle-boot", 9), ("Ankle_Boot", 9),
+                     ("T-shirt", 0), ("tshirt", 0), ("3", 3)):
+        assert class_index(typed, loaded) == k, typed
+    for typed in ("shoe", "-", ""):
+        with pytest.raises(UsageError, match="7=sneaker"):
+            class_index(typed, loaded)

@@ -260,6 +260,12 @@ def test_evaluate_writes_a_report(tiny_run, capsys):
     assert "NOT the Inception FID" in cm["frechet_note"]
     assert report["samples"]["n"] == 20 and report["samples"]["guidance"] == 2.0
     assert "not Inception FID" in format_report(report)
+    # the per-class line names each class with its own accuracy
+    per_class = next(line for line in out.splitlines() if line.strip().startswith("per class"))
+    shown = dict(item.rsplit(" ", 1) for item in per_class.split("per class", 1)[1].strip().split(", "))
+    expected = {n: f"{a:.2f}" for n, a in zip(report["label_names"], cm["per_class_accuracy"], strict=True)
+                if a is not None}
+    assert shown == expected and report["label_names"][7] == "seven"
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("eval")) == ["eval.json"]  # no temporaries
 
 

@@ -195,12 +195,15 @@ def load_image_run(run: str | None, device, use_ema: bool = True, text: bool = F
 
 def class_index(klass: str, loaded: LoadedRun) -> int:
     """--class as an index: a number or a class name (case-insensitive)."""
-    names = [n.lower() for n in loaded.label_names]
+    def key(name: str) -> str:  # "Ankle boot", "ankle-boot" and "ankle_boot" name one class, as "T-shirt" and "tshirt"
+        return "".join(ch for ch in name.lower() if ch.isalnum())
+
+    names = [key(n) for n in loaded.label_names]
     num = num_conditions(loaded.cond, loaded.config.model.num_classes, loaded.label_names)
     if klass.lstrip("-").isdigit():
         k = int(klass)
-    elif klass.lower() in names:
-        k = names.index(klass.lower())
+    elif key(klass) in names and key(klass):
+        k = names.index(key(klass))
     else:
         known = ", ".join(f"{i}={n}" for i, n in enumerate(loaded.label_names)) or f"0..{num - 1}"
         raise UsageError(f"--class {shorten(klass, MAX_ECHO)!r} is neither a number nor a class name; classes: {known}")

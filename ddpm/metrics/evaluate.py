@@ -252,7 +252,7 @@ def _check_settings(n_samples: int, bpd_images: int, bpd_timesteps: int | None, 
 
 def _header(loaded: LoadedRun, seed: int) -> dict[str, Any]:
     return {"run": str(loaded.path), "preset": loaded.config.preset, "kind": loaded.config.kind,
-            "dataset": loaded.config.data.dataset,
+            "dataset": loaded.config.data.dataset, "label_names": list(loaded.label_names or ()),
             "step": loaded.step, "cond": loaded.cond, "device": str(loaded.diffusion.betas.device), "seed": seed,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
 
@@ -368,6 +368,10 @@ def _sample_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("classifier test accuracy", f"{acc:.4f}" if acc is not None else "n/a"))
         if cm["conditional_accuracy"] is not None:
             rows.append(("conditional accuracy", f"{cm['conditional_accuracy']:.4f}"))
+            names = report.get("label_names") or []
+            per_class = [f"{names[c] if c < len(names) else c} {a:.2f}"
+                         for c, a in enumerate(cm["per_class_accuracy"]) if a is not None]
+            rows.append(("  per class", ", ".join(per_class)))
         ratio = f"{cm['frechet_ratio']:.2f}x" if cm["frechet_ratio"] else "-"
         small = f"  (n = {s['n']} < 1000: both dominated by small-sample bias)" if s["n"] < 1000 else ""
         rows += [("Frechet distance (classifier)", f"{cm['frechet_distance']:.3f}"),
