@@ -37,7 +37,7 @@ PRESETS: dict[str, Config] = {
     "mnist-hybrid": _mnist_like("mnist-hybrid", "mnist", "class", DiffusionConfig(loss="hybrid"), learn_sigma=True),
     "mnist-vlb": _mnist_like("mnist-vlb", "mnist", "class", DiffusionConfig(loss="vlb", timesteps="importance"),
                              learn_sigma=True),
-    "fashion-mnist": _mnist_like("fashion-mnist", "fashion-mnist", "class", steps=4000),
+    "fashion-mnist": _mnist_like("fashion-mnist", "fashion-mnist", "class", steps=2200),
     "cifar10": Config(
         preset="cifar10", data=DataConfig(dataset="cifar10", hflip=True),
         model=with_conditioning(dataclasses.replace(UNET_PRESETS["ddpm-cifar10"], ch=64), "class", "cifar10"),
