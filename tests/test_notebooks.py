@@ -51,9 +51,20 @@ def test_notebook_checks_its_text(path):
     assert sum(src.count("claim(") for src in code[1:]) >= 5, f"{path.name} checks too few of its statements"
 
 
+def _needs_fashion_mnist(path: Path) -> None:
+    """14 trains and judges on Fashion-MNIST, which is not shipped: skip it, saying why, where it is absent."""
+    if "fashion" in path.stem:
+        from ddpm.datasets import DatasetError, load_fashion_mnist
+        try:
+            load_fashion_mnist(split="test", download=False)
+        except DatasetError as e:
+            pytest.skip(f"Fashion-MNIST is not on this machine: {e}")
+
+
 def _execute(path: Path, smoke: bool, timeout: int):
     """Run the notebook in a fresh kernel (from notebooks/, with ddpm found the way a reader finds it) and
     return the executed notebook; a failing cell fails the test with its traceback."""
+    _needs_fashion_mnist(path)
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 

@@ -236,6 +236,7 @@ def _bad_cases(tmp: Path, text_run: Path) -> list[tuple[list[str], str]]:
         (["sample", *run, "--class", "3", "--prompt", "a handwritten three"], "not both"),
         (["sample", *run, "--prompt", "zebra " * 2000], "unknown word"),
         (["sample", *run, "--class", "x" * 10000], "neither a number nor a class name"),
+        (["evaluate", *run, "--steps", "5,10", "--bpd-images", "8"], "a sweep of samplers or steps measures samples"),
         (["train", "--ckpt-every", "-1"], "argument --ckpt-every"),
         (["train", "--sample-every", "-5"], "argument --sample-every"),
         (["train", "--steps", "0"], "argument --steps"),

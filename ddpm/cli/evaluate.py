@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_sampler_flags(p, several=True)
     p.add_argument("--guidance", type=common.guidance_scale, default=None,
                    help="guidance scale (default: the run's train.guidance)")
-    p.add_argument("--bpd-images", type=common.nonnegative_int, default=64,
-                   help="test images for bits/dim (default 64; 0: skip). The bound costs T network "
+    p.add_argument("--bpd-images", type=common.nonnegative_int, default=None,
+                   help="test images for bits/dim (default 64; 0: skip; not in a sweep). The bound costs T network "
                         "evaluations per image (64 images x 1000 steps is as much work as sampling 64 images "
                         "with the ancestral sampler)")
     p.add_argument("--bpd-batch-size", type=common.positive_int, default=64,
@@ -56,11 +56,12 @@ def run(args) -> int:
     run_path = common.resolve_run(args.run)
     if len(args.sampler) * len(args.steps or [None]) > 1:
         return _sweep(args, run_path)
+    bpd_images = 64 if args.bpd_images is None else args.bpd_images
     out = common.check_output(args.out if args.out is not None else report_path(run_path), (".json",), "--out")
     device = common.setup_device(args)
     steps, options = common.sampler_flags(args, None, args.sampler[0], (args.steps or [None])[0])
     report = evaluate_run(run_path, n_samples=args.n_samples, sampler=args.sampler[0], steps=steps, options=options,
-                          guidance=args.guidance, bpd_images=args.bpd_images, bpd_batch_size=args.bpd_batch_size,
+                          guidance=args.guidance, bpd_images=bpd_images, bpd_batch_size=args.bpd_batch_size,
                           bpd_timesteps=args.bpd_timesteps, sample_batch_size=args.sample_batch_size,
                           seed=args.seed, device=device, classifier=args.classifier, out=out,
                           progress=not args.no_progress)
@@ -79,6 +80,9 @@ def _sweep(args, run_path: Path) -> int:
     options = {"spacing": args.spacing, "threshold": args.threshold, "precision": args.precision}
     if args.eta is not None or args.variance is not None:
         raise common.UsageError("--eta and --variance are for one sampler; a sweep takes --spacing and --threshold")
+    if args.bpd_images or args.bpd_timesteps is not None:
+        raise common.UsageError("a sweep of samplers or steps measures samples only: drop --bpd-images and "
+                                "--bpd-timesteps, or run evaluate without a list for bits/dim")
     device = common.setup_device(args)
     result = quality_sweep(run_path, args.sampler, args.steps or [None], n_samples=args.n_samples,
                            guidance=args.guidance, seed=args.seed, batch_size=args.sample_batch_size,
