@@ -76,11 +76,15 @@ class RunLog:
         self.start = self.t_last = time.perf_counter()
         self.step_last = step
 
-    def record(self, losses: torch.Tensor, t: torch.Tensor | None) -> float:
+    def record(self, losses: torch.Tensor, t: torch.Tensor | None, objective: float | None = None) -> float:
         """Add one step's per-example losses [B] at timesteps t [B] (None: a loss without timesteps, such as an
-        autoencoder's, which leaves loss_by_t.csv empty); returns the step's mean loss."""
+        autoencoder's, which leaves loss_by_t.csv empty); returns the step's loss for log.csv: their mean, or
+        ``objective`` when given. With importance-sampled t that is the weighted mean, an estimate of the
+        uniform-t loss: the plain mean follows the sampler's p_t, and jumps by orders of magnitude when the
+        sampler leaves its warm-up and draws the large terms near t = 0 more often. loss_by_t.csv's per-t means
+        are unweighted either way."""
         losses = losses.detach().double().cpu()
-        mean = float(losses.mean())
+        mean = float(losses.mean()) if objective is None else float(objective)
         self.loss_sum, self.loss_n = self.loss_sum + mean, self.loss_n + 1
         if t is None:
             return mean

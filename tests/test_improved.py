@@ -8,11 +8,13 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from ddpm.checkpoints import load_checkpoint
+from ddpm.datasets import load_dataset, to_float
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.improved import HYBRID_LAMBDA, ImportanceSampler, improved_losses
 from ddpm.likelihood import bits_per_dim, vb_term_bpd
 from ddpm.nn.unet import UNet, UNetConfig
 from ddpm.presets import get_preset
+from ddpm.runlog import RunLog
 from ddpm.samplers import ancestral_sample, ddim_sample, guided, respace
 from ddpm.schedules import make_betas
 from ddpm.training import Trainer
@@ -261,3 +263,26 @@ def test_an_improved_run_trains_samples_and_resumes_exactly(tmp_path, loss):
         assert (state["seen"] >= 10).all() and torch.equal(state["losses"], b["timesteps"][0]["losses"])
     else:
         assert a["timesteps"] is None
+
+
+def test_the_log_of_an_importance_sampled_run_is_the_weighted_estimate(tmp_path):
+    """Once p_t is no longer uniform, log.csv's loss is mean(w L_t) with w = 1 / (T p_t), the objective (an estimate
+    of the uniform-t L_vlb), not mean(L_t) over the drawn t, which follows p_t and is several times larger."""
+    config = get_preset("tiny", steps=1, batch_size=32, log_every=1, ckpt_every=0, T=25, learn_sigma=True,
+                        loss="vlb", timesteps="importance")
+    trainer = Trainer(config, tmp_path / "run", device="cpu", progress=False)
+    sampler = trainer.timesteps
+    for _ in range(10):  # a warmed-up history: the terms near t = 0 dominate, as in a real run
+        sampler.update(torch.arange(25), 1000.0 / (1 + torch.arange(25, dtype=torch.float64)) ** 2)
+    assert sampler.warmed_up
+    probs = sampler.probabilities().clone()  # p_t of this step's draw (the step then updates the history)
+    step = {}
+    original = trainer.train_step
+    trainer.train_step = lambda *a, **k: step.setdefault("out", original(*a, **k))
+    log = RunLog(tmp_path / "run", T=25)
+    trainer._run_step(iter([(to_float(load_dataset("mnist", "train").images[:32]), torch.zeros(32, dtype=torch.long))]),
+                      log, None)
+    losses, t, _ = step["out"]
+    weighted = (losses.double() / (25 * probs[t])).mean().item()
+    assert log.loss_sum == pytest.approx(weighted, rel=1e-4)
+    assert losses.double().mean().item() > 2 * weighted  # what the log showed before: p_t's share of the big terms
