@@ -76,7 +76,8 @@ class RunLog:
         self.start = self.t_last = time.perf_counter()
         self.step_last = step
 
-    def record(self, losses: torch.Tensor, t: torch.Tensor | None, objective: float | None = None) -> float:
+    def record(self, losses: torch.Tensor, t: torch.Tensor | None,
+               objective: torch.Tensor | float | None = None) -> float:
         """Add one step's per-example losses [B] at timesteps t [B] (None: a loss without timesteps, such as an
         autoencoder's, which leaves loss_by_t.csv empty); returns the step's loss for log.csv: their mean, or
         ``objective`` when given. With importance-sampled t that is the weighted mean, an estimate of the

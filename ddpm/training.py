@@ -195,7 +195,8 @@ class Trainer:
         self.ema.update(self.model)
         if weights is not None:
             self.timesteps.update(t, losses.detach())  # each t's recent losses, unweighted
-        self.last_objective = loss.detach().item()  # what was minimized: with importance-sampled t, the weighted mean
+        # what was minimized when it is not the plain mean: with importance-sampled t, the weighted mean (for the log)
+        self.last_objective = None if weights is None else loss.detach()
         self.step += 1
         return losses.detach(), t, float(grad_norm)
 
@@ -295,8 +296,7 @@ class Trainer:
             raise
         self.last_grad_norm = grad_norm
         if log is not None:  # with importance-sampled t the log's loss is the weighted, unbiased estimate
-            objective = self.last_objective if self.timesteps is not None else None
-            self.last_loss = log.record(losses, t, objective)
+            self.last_loss = log.record(losses, t, self.last_objective)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{getattr(self, 'last_loss', float('nan')):.4f}", refresh=False)

@@ -202,7 +202,7 @@ def class_index(klass: str, loaded: LoadedRun) -> int:
     num = num_conditions(loaded.cond, loaded.config.model.num_classes, loaded.label_names)
     if klass.lstrip("-").isdigit():
         k = int(klass)
-    elif key(klass) in names and key(klass):
+    elif key(klass) and key(klass) in names:
         k = names.index(key(klass))
     else:
         known = ", ".join(f"{i}={n}" for i, n in enumerate(loaded.label_names)) or f"0..{num - 1}"

@@ -336,8 +336,7 @@ def load_fashion_mnist(
         if all(_locate(candidate, f.filename) is not None for f in getattr(source, split)):
             return load_idx_dataset(source, candidate, split, download=False, verify=True, progress=progress)
     if download:
-        try:
-            local.mkdir(parents=True, exist_ok=True)
+        try:  # download() makes the folder
             return load_idx_dataset(source, local, split, download=True, verify=True, progress=progress)
         except DownloadError as exc:
             reason = exc.failures[0][1] if exc.failures else "no mirror answered"
