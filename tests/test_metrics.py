@@ -260,6 +260,11 @@ def test_evaluate_writes_a_report(tiny_run, capsys):
     assert "NOT the Inception FID" in cm["frechet_note"]
     assert report["samples"]["n"] == 20 and report["samples"]["guidance"] == 2.0
     assert "not Inception FID" in format_report(report)
+    # beside the real test digits' share: 0.50% have 3+ stray pixels
+    speckle = report["speckle"]
+    assert speckle["available"] and 0 <= speckle["share"] <= 1 and speckle["real_share"] == pytest.approx(0.005)
+    line = next(line for line in out.splitlines() if line.startswith("speckled samples"))
+    assert line.split(None, 2)[2].startswith(f"{speckle['share']:.2%}  (real test images: 0.50%")
     # the per-class line names each class with its own accuracy
     per_class = next(line for line in out.splitlines() if line.strip().startswith("per class"))
     shown = dict(item.rsplit(" ", 1) for item in per_class.split("per class", 1)[1].strip().split(", "))
@@ -293,6 +298,31 @@ def test_evaluate_a_text_run_reports_attribute_adherence(tiny_run, capsys):
         assert 0 <= adherence[key]["share"] <= 1 and 0 <= adherence[key]["base"] <= 1
         assert 0 <= adherence["digit_accuracy"][key] <= 1
     assert len(adherence["words"]) == 7 and adherence["held_out_combinations"][0] == "a handwritten one written thick"
+
+
+def test_speckle_counts_faint_dots_away_from_the_strokes():
+    from ddpm.metrics.judge import speckled, speckled_share, stray_pixels
+
+    test = load_dataset("mnist", "test")
+    per_image = stray_pixels(test.images)
+    assert speckled_share(test.images) == pytest.approx(0.005)  # 50 of 10,000 digits (scanning dust)
+    clean = test.images[per_image == 0][:200].clone()
+    assert not speckled(clean).any()
+    # faint dots (20% gray) in the top-left corner, where no digit reaches within 2 pixels
+    assert clean[:, :, :5, :5].max() == 0
+    for n_dots, expected in ((2, False), (3, True)):
+        dotted = clean.clone()
+        dotted[:, 0, 0, torch.arange(n_dots)] = 51
+        assert (stray_pixels(dotted) == n_dots).all() and bool(speckled(dotted).all()) is expected
+    # the same dots next to a stroke are part of the digit, not speckle
+    y, x = (clean[0, 0] > 166).nonzero()[0].tolist()  # a stroke pixel (65% gray and brighter)
+    near = clean[:1].clone()
+    near[0, 0, y, max(0, x - 2):x] = 51
+    assert stray_pixels(near) == stray_pixels(clean[:1])
+    # a quarter of the images with salt noise: a quarter speckled
+    noisy = clean[:100].clone()
+    noisy[:25, 0, :4, :4] = 40
+    assert speckled_share(noisy) == 0.25
 
 
 def test_report_path(tmp_path):

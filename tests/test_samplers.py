@@ -560,7 +560,8 @@ def test_an_unknown_keyword_is_a_type_error_at_the_call(diffusion, sampler):
     from ddpm.samplers import _PROGRESSIVE
 
     model = GaussianOracle(diffusion)
-    other = {"ancestral": "eta", "ddim": "variance", "dpmpp-2m": "eta", "dpmpp-3m": "variance"}[sampler]
+    other = {"ancestral": "eta", "ddim": "variance", "dpmpp-2m": "variance", "dpmpp-3m": "variance",
+             "dpmpp-2m-sde": "variance"}[sampler]
     for bad in ({"stpes": 5}, {"clip_denoised": False}, {other: 0.0}):
         with pytest.raises(TypeError, match=f"unexpected keyword argument '{next(iter(bad))}'"):
             _PROGRESSIVE[sampler](model, diffusion, (1, *SHAPE), **bad)  # not iterated
@@ -614,10 +615,10 @@ def test_every_sampler_yields_steps_in_original_timesteps(diffusion, sampler, sp
 
 def test_sample_dispatch_and_modes(diffusion):
     model = GaussianOracle(diffusion)
-    for sampler in ("ancestral", "ddim", "dpmpp-2m", "dpmpp-3m"):
+    for sampler in ("ancestral", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde"):
         assert sample(model, diffusion, (2, *SHAPE), sampler=sampler, steps=5).shape == (2, *SHAPE)
     with pytest.raises(ValueError, match="unknown sampler 'euler'; expected one of: ancestral, ddim, dpmpp-2m, "
-                                         "dpmpp-3m"):
+                                         "dpmpp-3m, dpmpp-2m-sde"):
         sample(model, diffusion, (2, *SHAPE), sampler="euler")
     with pytest.raises(ValueError, match="fixed_small, fixed_large"):
         ancestral_sample(model, diffusion, (2, *SHAPE), variance="learned")
@@ -656,7 +657,8 @@ def test_batched_guidance_and_bf16_are_the_same_function(cond_mode):
 def test_default_steps():
     from ddpm.samplers import default_steps
 
-    assert [default_steps(s, 1000) for s in ("ancestral", "ddim", "dpmpp-2m", "dpmpp-3m")] == [1000, 50, 15, 15]
+    assert [default_steps(s, 1000) for s in ("ancestral", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde")] == [
+        1000, 50, 15, 15, 15]
     assert default_steps("ddim", 30) == 30  # never more than T
     with pytest.raises(ValueError, match="sampler"):
         default_steps("euler", 1000)

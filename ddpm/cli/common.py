@@ -119,7 +119,8 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str | None = "ddim", 
     p.add_argument("--sampler", type=sampler_list if several else str, choices=None if several else SAMPLERS,
                    default=[default] if several else default,
                    help=f"ancestral (the paper's Algorithm 2), ddim, dpmpp-2m or dpmpp-3m (DPM-Solver++; 3m for "
-                        f"unguided sampling) (default: {default_text or default}){lists}")
+                        f"unguided sampling), dpmpp-2m-sde (its stochastic form: no background speckle) (default: "
+                        f"{default_text or default}){lists}")
     p.add_argument("--steps", type=steps_list if several else positive_int,
                    help=f"sampling steps (default: T for ancestral, 50 for ddim, 15 for dpmpp){lists}")
     p.add_argument("--spacing", choices=SPACINGS, default="uniform",
@@ -131,8 +132,9 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str | None = "ddim", 
     p.add_argument("--precision", choices=PRECISIONS, default=precision,
                    help=f"the network's arithmetic: fp32, bf16 (autocast), or auto (bf16 where the CPU or GPU has "
                         f"bf16 units, else fp32) (default: {precision})")
-    p.add_argument("--eta", type=nonnegative_float, default=None, help="ddim: eta (0, the default: deterministic; "
-                                                                       "1: ancestral-like)")
+    p.add_argument("--eta", type=nonnegative_float, default=None,
+                   help="ddim: eta (0, the default: deterministic; 1: ancestral-like); dpmpp-2m-sde: the SDE's noise "
+                        "scale in (0, 1] (default 1)")
     p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="ancestral: sigma_t^2 = beta_tilde (fixed_small, default) or beta (fixed_large), or the "
                         "network's own (learned_range, the default for a learned-variance model)")
@@ -148,9 +150,9 @@ def sampler_flags(args, T: int | None, sampler: str | None = None,
     if T is not None and steps > T:
         raise UsageError(f"--steps {steps} is more than this model's T = {T}")
     options = {"spacing": args.spacing, "threshold": args.threshold, "precision": args.precision}
-    for flag, value, own in (("eta", args.eta, "ddim"), ("variance", args.variance, "ancestral")):
-        if value is not None and sampler != own:
-            raise UsageError(f"--{flag} is for the {own} sampler, not {sampler}")
+    for flag, value, own in (("eta", args.eta, ("ddim", "dpmpp-2m-sde")), ("variance", args.variance, ("ancestral",))):
+        if value is not None and sampler not in own:
+            raise UsageError(f"--{flag} is for the {' and '.join(own)} sampler{'s' * (len(own) > 1)}, not {sampler}")
         if value is not None:
             options[flag] = value  # else the sampler's default (eta 0, fixed_small)
     return steps, options

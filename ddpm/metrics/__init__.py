@@ -55,12 +55,12 @@ from ddpm.metrics.evaluate import (
     sample_conditions,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, inception_fid
-from ddpm.metrics.judge import SampleJudge, mean_psnr, psnr, speckle
+from ddpm.metrics.judge import SampleJudge, mean_psnr, psnr, speckle, speckled, speckled_share, stray_pixels
 from ddpm.metrics.sweep import format_sweep, quality_sweep
 
 __all__ = ["bits_per_dim_dataset", "SmallCNN", "train_classifier", "load_or_train_classifier", "classifier_path",
            "classifier_features", "feature_statistics", "frechet_distance", "conditional_accuracy",
            "generate_samples", "inception_fid", "evaluate_run", "report_path", "format_report",
            "CLASSIFIER_DATASETS", "NUM_T_RANGES", "FRECHET_NOTE", "quality_sweep", "format_sweep", "adherence_plan",
-           "score_adherence", "attribute_adherence", "sample_conditions", "SampleJudge", "speckle", "psnr",
-           "mean_psnr"]
+           "score_adherence", "attribute_adherence", "sample_conditions", "SampleJudge", "speckle", "speckled",
+           "speckled_share", "stray_pixels", "psnr", "mean_psnr"]

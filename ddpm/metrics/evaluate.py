@@ -32,6 +32,7 @@ from ddpm.metrics.classifier import (
     load_or_train_classifier,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors, inception_fid
+from ddpm.metrics.judge import speckled_share
 from ddpm.pipelines.base import kind
 from ddpm.samplers import SAMPLERS, default_steps, sample
 
@@ -289,7 +290,17 @@ def judge_samples(loaded: LoadedRun, test: ImageDataset, root, n: int, *, sample
         fid = inception_fid(images, test.images, device=loaded.diffusion.betas.device)
     else:
         fid = {"available": False, "message": f"Inception FID is for natural RGB images (CIFAR-10), not {dataset!r}"}
-    return {"samples": samples, "classifier_metrics": judged, "inception_fid": fid}
+    return {"samples": samples, "classifier_metrics": judged, "inception_fid": fid,
+            "speckle": _speckle(images, test)}
+
+
+def _speckle(images: Tensor, test: ImageDataset) -> dict[str, Any]:
+    """The share of samples with background speckle (ddpm.metrics.judge.speckled) beside the real test images'
+    share: for light-on-dark grayscale images (MNIST-like), not for natural RGB ones."""
+    if images.shape[1] != 1:
+        return {"available": False, "message": "speckle is measured on light strokes on a dark background (MNIST-"
+                                               "like grayscale images)"}
+    return {"available": True, "share": speckled_share(images), "real_share": speckled_share(test.images)}
 
 
 def _classifier_metrics(images: Tensor, labels: Tensor | None, test: ImageDataset, dataset: str, root,
@@ -379,6 +390,10 @@ def _sample_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                  ("  ratio to the floor", ratio + small)]
     elif cm:
         rows.append(("classifier metrics", cm["message"]))
+    speckle = report.get("speckle") or {}
+    if speckle.get("available"):
+        rows.append(("speckled samples", f"{speckle['share']:.2%}  (real test images: {speckle['real_share']:.2%}; "
+                                         f"3+ faint pixels away from every stroke)"))
     fid = report.get("inception_fid") or {}
     if fid.get("available"):
         rows.append(("Inception FID", f"{fid['fid']:.2f}"))

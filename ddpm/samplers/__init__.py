@@ -11,7 +11,7 @@ own file, one network call and the paper's update per step.
     guidance      classifier-free guidance (two calls or one stacked call) and bf16, around any model
     ancestral     Algorithm 2 of Ho et al. 2020
     ddim          DDIM (Song et al. 2021)
-    dpm_solver    DPM-Solver++ 2M / 3M (Lu et al. 2022)
+    dpm_solver    DPM-Solver++ 2M / 3M and SDE-DPM-Solver++(2M) (Lu et al. 2022)
 
 A sampler's signature shows its own parameters (ancestral: steps, variance; ddim: steps, eta; dpmpp: steps,
 order); the keyword arguments they all share (spacing, guidance_scale, batched_guidance, precision, threshold,
@@ -30,6 +30,8 @@ from ddpm.samplers.ddim import ddim_sample, ddim_sample_progressive
 from ddpm.samplers.dpm_solver import (
     dpmpp_2m_sample,
     dpmpp_2m_sample_progressive,
+    dpmpp_2m_sde_sample,
+    dpmpp_2m_sde_sample_progressive,
     dpmpp_3m_sample,
     dpmpp_3m_sample_progressive,
     dpmpp_sample,
@@ -48,7 +50,7 @@ from ddpm.samplers.respacing import SPACINGS, Spacing, respace, space_timesteps
 from ddpm.samplers.steps import SamplerOptions, Step, last
 from ddpm.samplers.thresholding import THRESHOLDS, Threshold, dynamic_threshold
 
-Sampler = Literal["ancestral", "ddim", "dpmpp-2m", "dpmpp-3m"]
+Sampler = Literal["ancestral", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 
 _PROGRESSIVE: dict[str, Callable] = {
@@ -56,6 +58,7 @@ _PROGRESSIVE: dict[str, Callable] = {
     "ddim": ddim_sample_progressive,
     "dpmpp-2m": dpmpp_2m_sample_progressive,
     "dpmpp-3m": dpmpp_3m_sample_progressive,
+    "dpmpp-2m-sde": dpmpp_2m_sde_sample_progressive,
 }
 
 __all__ = ["MAX_GUIDANCE", "check_guidance",
@@ -64,10 +67,11 @@ __all__ = ["MAX_GUIDANCE", "check_guidance",
            "THRESHOLDS", "space_timesteps",
            "respace", "guided", "dynamic_threshold", "ancestral_sample", "ancestral_sample_progressive", "ddim_sample",
            "ddim_sample_progressive", "dpmpp_sample", "dpmpp_sample_progressive", "dpmpp_2m_sample",
-           "dpmpp_2m_sample_progressive", "dpmpp_3m_sample", "dpmpp_3m_sample_progressive", "sample"]
+           "dpmpp_2m_sample_progressive", "dpmpp_3m_sample", "dpmpp_3m_sample_progressive", "dpmpp_2m_sde_sample",
+           "dpmpp_2m_sde_sample_progressive", "sample"]
 
 
-DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 15, "dpmpp-3m": 15}  # ancestral: every one of the T steps
+DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 15, "dpmpp-3m": 15, "dpmpp-2m-sde": 15}  # ancestral: every one of the T steps
 
 
 def default_steps(sampler: str, T: int) -> int:
@@ -80,8 +84,8 @@ def default_steps(sampler: str, T: int) -> int:
 
 def sample(model: Callable, diffusion: GaussianDiffusion, shape: Sequence[int], cond=None, *,
            sampler: Sampler = "ancestral", progressive: bool = False, **kwargs):
-    """Dispatch on the sampler's name ("ancestral" | "ddim" | "dpmpp-2m" | "dpmpp-3m"); kwargs go to the sampler
-    (its own, e.g. steps, variance, eta, and those of SamplerOptions; any other raises TypeError).
+    """Dispatch on the sampler's name ("ancestral" | "ddim" | "dpmpp-2m" | "dpmpp-3m" | "dpmpp-2m-sde"); kwargs go
+    to the sampler (its own, e.g. steps, variance, eta, and those of SamplerOptions; any other raises TypeError).
 
     Returns x_0 [B, C, H, W], or with progressive=True the iterator of its Steps.
     """

@@ -10,20 +10,19 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ddpm.checkpoints import load_run
 from ddpm.conditions import balanced_labels
-from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset, to_float
-from ddpm.metrics.judge import SampleJudge
+from ddpm.datasets import MNIST_LABEL_NAMES, class_prompts, load_dataset
+from ddpm.metrics.judge import SampleJudge, stray_pixels
 from ddpm.pipelines.unclip.evaluate import generate
 from ddpm.pipelines.unclip.stage import DECODER_SAMPLING, Unclip
 
 
 def speckle(images: torch.Tensor) -> float:
-    x = to_float(images)
-    near = F.max_pool2d((x > 0.3).float(), 5, 1, 2) > 0
-    return float(((x > -0.8) & ~near).float().mean())
+    """The share of pixels that are stray (ddpm.metrics.judge.stray_pixels); evaluate reports the share of images
+    with 3 or more, ddpm.metrics.judge.speckled."""
+    return float(stray_pixels(images).sum() / images[0].numel() / len(images))
 
 
 def main(configs, n: int = 500) -> None:
