@@ -55,6 +55,30 @@ def test_same_seed_same_samples(tmp_path, runs):
     assert a == b and a != c
 
 
+def test_sample_defaults_to_the_stochastic_solver_with_half_the_guidance(tmp_path, runs, capsys):
+    """A pixel run's default: SDE-DPM-Solver++(2M), 25 steps, guidance 1 + (2 - 1) / 2; a sampler named on the
+    command line takes its own steps and the run's guidance; the samples are the ones the API draws."""
+    import numpy as np
+
+    from ddpm.datasets import to_uint8
+    from ddpm.pipelines.base import Sampling
+
+    run = runs / "cls"
+    assert main(["sample", "--run", str(run), "--class", "3", "--n", "3", "--out", str(tmp_path / "a.npz")]) == 0
+    assert "(dpmpp-2m-sde, 25 steps, guidance 1.5)" in capsys.readouterr().out
+    loaded = load_run(run)
+    expected = loaded.sample(torch.full((3,), 3), 3, Sampling("dpmpp-2m-sde", 25, 1.5, {"precision": "auto"}),
+                             torch.Generator().manual_seed(0))
+    got = np.load(tmp_path / "a.npz")["images"]
+    assert np.array_equal(got, to_uint8(expected).numpy())
+    assert main(["sample", "--run", str(run), "--class", "3", "--n", "3", "--sampler", "dpmpp-2m",
+                 "--out", str(tmp_path / "b.png")]) == 0
+    assert "(dpmpp-2m, 15 steps, guidance 2.0)" in capsys.readouterr().out
+    assert main(["sample", "--run", str(run), "--class", "3", "--n", "3", "--eta", "0.5", "--steps", "4",
+                 "--out", str(tmp_path / "c.png")]) == 0  # --eta for the default stochastic sampler
+    assert "(dpmpp-2m-sde, 4 steps, guidance 1.5)" in capsys.readouterr().out
+
+
 def test_unknown_preset(capsys):
     assert "known presets: mnist" in _error(capsys, ["train", "--preset", "mnist-large"])
 

@@ -38,9 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_flag(p)
     p.add_argument("--n", type=positive_int, default=None, help="number of images (default: 8 per class, or 64)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    add_sampler_flags(p, default="dpmpp-2m", precision="auto")
-    p.add_argument("--guidance", type=guidance_scale, help="classifier-free guidance scale s (1: none; default: "
-                                                         "the run's config)")
+    add_sampler_flags(p, default=None, precision="auto",
+                      default_text="the run's kind's: dpmpp-2m-sde, 25 steps, for a pixel model")
+    p.add_argument("--guidance", type=guidance_scale,
+                   help="classifier-free guidance scale s (1: none; default: the run's config, for the default "
+                        "stochastic sampler half its extrapolation: 1.5 for 2)")
     p.add_argument("--class", dest="klass", help="class label (index or name, e.g. 7 or seven)")
     p.add_argument("--prompt", help='text prompt for text-conditioned runs, e.g. "a thick slanted seven"')
     p.add_argument("--vocabulary", action="store_true", help="print the words the run's text model knows, and exit")
@@ -55,7 +57,8 @@ def _outputs(args, loaded) -> tuple[Path, Path | None]:
     """The grid's and the GIF's paths, checked before any sampling."""
     # a run folder gets its samples/ sub-folder; an exported model file writes to ./samples/
     run_dir = loaded.path.parent if loaded.path.name == CHECKPOINT_NAME else Path(".")
-    out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{args.sampler}_seed{args.seed}.png"
+    sampler = args.sampler or loaded.config.hook.sampling(loaded.config).sampler
+    out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{sampler}_seed{args.seed}.png"
     out = check_output(out, (".png", ".npz"), "--out")
     gif = check_output(args.trajectory, (".gif",), "--trajectory") if args.trajectory else None
     if gif is not None and gif.resolve() == out.resolve():
@@ -78,20 +81,26 @@ def run(args) -> int:
     cond, n, nrow = resolve_condition(loaded, args.n, args.klass, args.prompt)
     if isinstance(cond, torch.Tensor):
         cond = cond.to(device)
-    steps, options = sampler_flags(args, loaded.diffusion.T)
+    default = loaded.config.hook.sampling(loaded.config)  # the kind's: the sampler, steps and guidance
+    sampler = args.sampler or default.sampler
+    steps, options = sampler_flags(args, loaded.diffusion.T, sampler,
+                                   args.steps if args.sampler else args.steps or default.steps)
     if loaded.config.sampler_defaults.get("threshold") == "none" and args.threshold not in (None, "none"):
         print(f"note: --threshold {args.threshold} treats the predicted x_0 as pixels in [-1, 1]; this model's are "
               f"not (its default is none)", flush=True)
     if cond is None and args.guidance is not None:
         raise UsageError(f"{loaded.path} is an unconditional model: --guidance needs a conditional one")
-    sampling = Sampling(args.sampler, steps, args.guidance, options)
+    if args.sampler is not None:  # a sampler of the user's: its own defaults and the run's guidance
+        default = Sampling(sampler, guidance=loaded.config.train.guidance)
+    guidance = args.guidance if args.guidance is not None else default.guidance
+    guidance = guidance if guidance is not None else loaded.config.train.guidance
+    sampling = default.override(sampler, steps, guidance, options)
     generator = torch.Generator(device).manual_seed(args.seed)
-    guidance = args.guidance if args.guidance is not None else loaded.config.train.guidance
     if gif is not None:  # the same samples (same seed), keeping about 40 moments of the reverse process
         steps_kept = reverse_trajectory(loaded.model, loaded.diffusion, (n, *loaded.shape), cond,
-                                        sampler=args.sampler, frames=40, steps=steps,
+                                        sampler=sampler, frames=40, steps=steps,
                                         guidance_scale=guidance if cond is not None else None, generator=generator,
-                                        device=device, progress=True, **loaded.sampler_options(options))
+                                        device=device, progress=True, **loaded.sampler_options(sampling.options))
         images = loaded.decode(steps_kept[-1].x_prev)
         if tuple(loaded.image_shape) != tuple(loaded.shape):  # decoded samples: the GIF shows decoded x_t, pred_x0
             steps_kept = decode_steps(steps_kept, loaded.decode)
@@ -106,7 +115,7 @@ def run(args) -> int:
         path = save_npz(out, arrays)
     else:
         path = save_grid(images, out, nrow=nrow)
-    print(f"wrote {n} samples ({args.sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "
+    print(f"wrote {n} samples ({sampler}, {steps} steps, guidance {guidance if cond is not None else 'n/a'}) "
           f"from step {loaded.step} of {loaded.path}: {path}")
     if gif is not None:
         written = save_reverse_animation(steps_kept, gif, nrow=nrow,

@@ -71,13 +71,14 @@ __all__ = ["MAX_GUIDANCE", "check_guidance",
            "dpmpp_2m_sde_sample_progressive", "sample"]
 
 
-DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 15, "dpmpp-3m": 15, "dpmpp-2m-sde": 15}  # ancestral: every one of the T steps
+DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 15, "dpmpp-3m": 15, "dpmpp-2m-sde": 25}  # ancestral: all T steps
 
 
 def default_steps(sampler: str, T: int) -> int:
     """The number of steps a sampler takes unless told otherwise: T for the paper's ancestral sampler, 50 for
-    DDIM, 15 for DPM-Solver++ (never more than T). On the shipped MNIST model DPM-Solver++(2M) at 15 steps
-    matches DDIM at 50 (README: "Sampling")."""
+    DDIM, 15 for DPM-Solver++, 25 for its stochastic form (never more than T). On the shipped MNIST model
+    DPM-Solver++(2M) at 15 steps matches DDIM at 50; the stochastic one needs more (docs/results.md, "Samplers",
+    "Speckle")."""
     check_mode(sampler, SAMPLERS, "sampler")
     return min(T, DEFAULT_STEPS.get(sampler, T))
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ddpm.checkpoints import frozen_path, load_frozen_network
 from ddpm.datasets import to_float
-from ddpm.pipelines.base import GridInputs, Kind
+from ddpm.pipelines.base import GridInputs, Kind, Sampling
 from ddpm.pipelines.latent.autoencoder import (
     Autoencoder,
     AutoencoderConfig,
@@ -135,6 +135,9 @@ class LatentKind(Kind):
 
     def sampler_defaults(self, config):
         return {"threshold": "none"}  # a predicted z_0 is a latent, not pixels in [-1, 1]
+
+    def sampling(self, config):
+        return Sampling("dpmpp-2m", 15)  # the deterministic solver its measurements were made with (docs/latent.md)
 
     def attach(self, config, device):
         ae, fingerprint = load_first_stage(config.stage, device=device)
