@@ -325,6 +325,17 @@ def test_speckle_counts_faint_dots_away_from_the_strokes():
     assert speckled_share(noisy) == 0.25
 
 
+def test_speckle_is_judged_on_digits_only():
+    from ddpm.metrics.evaluate import _speckle
+
+    test = load_dataset("mnist", "test")
+    assert _speckle(test.images[:10], test)["available"]
+    clothes = ImageDataset(test.images[:10], test.labels[:10], tuple(f"c{k}" for k in range(10)), "fashion-mnist",
+                           "test")
+    assert _speckle(test.images[:10], clothes) == {"available": False, "message": "speckle is measured on "
+                                                   "handwritten digits, not 'fashion-mnist'"}
+
+
 def test_report_path(tmp_path):
     assert report_path(tmp_path / "run") == tmp_path / "run" / "eval.json"
     assert report_path(tmp_path / "run" / "checkpoint.pt") == tmp_path / "run" / "eval.json"

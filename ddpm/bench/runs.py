@@ -185,6 +185,7 @@ FAST_SAMPLING = {
     "dpmpp-2m 15 bf16": dict(sampler="dpmpp-2m", steps=15, precision="bf16"),
     "dpmpp-2m 15 bf16 batched": dict(sampler="dpmpp-2m", steps=15, precision="bf16", batched_guidance=True),
     "dpmpp-2m 10 bf16": dict(sampler="dpmpp-2m", steps=10, precision="bf16"),
+    "dpmpp-2m-sde 25 bf16": dict(sampler="dpmpp-2m-sde", steps=25, precision="bf16"),
 }
 
 

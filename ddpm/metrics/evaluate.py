@@ -21,7 +21,16 @@ from ddpm._files import write_json
 from ddpm._util import select_condition
 from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, checkpoint_path, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
-from ddpm.datasets import ImageDataset, bicubic_to, load_dataset, mnist_edges, shrink, to_float, to_uint8
+from ddpm.datasets import (
+    ImageDataset,
+    bicubic_to,
+    load_dataset,
+    mnist_edges,
+    shrink,
+    to_float,
+    to_uint8,
+)
+from ddpm.datasets.attributes import is_digit_dataset
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.likelihood import estimate_bpd
 from ddpm.metrics.attributes import adherence_plan, adherence_rows, adherence_supported, score_adherence
@@ -296,10 +305,10 @@ def judge_samples(loaded: LoadedRun, test: ImageDataset, root, n: int, *, sample
 
 def _speckle(images: Tensor, test: ImageDataset) -> dict[str, Any]:
     """The share of samples with background speckle (ddpm.metrics.judge.speckled) beside the real test images'
-    share: for light-on-dark grayscale images (MNIST-like), not for natural RGB ones."""
-    if images.shape[1] != 1:
-        return {"available": False, "message": "speckle is measured on light strokes on a dark background (MNIST-"
-                                               "like grayscale images)"}
+    share: for handwritten digits (strokes on a clean background), not for clothes or photographs, whose faint
+    texture away from bright pixels is real (half of Fashion-MNIST's test images would count as speckled)."""
+    if not is_digit_dataset(test):
+        return {"available": False, "message": f"speckle is measured on handwritten digits, not {test.name!r}"}
     return {"available": True, "share": speckled_share(images), "real_share": speckled_share(test.images)}
 
 
