@@ -658,7 +658,7 @@ def test_default_steps():
     from ddpm.samplers import default_steps
 
     assert [default_steps(s, 1000) for s in ("ancestral", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde")] == [
-        1000, 50, 15, 15, 15]
+        1000, 50, 15, 15, 25]
     assert default_steps("ddim", 30) == 30  # never more than T
     with pytest.raises(ValueError, match="sampler"):
         default_steps("euler", 1000)
