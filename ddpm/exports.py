@@ -40,13 +40,14 @@ def check_model_output(out: str | os.PathLike) -> Path:
 
 
 def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = False,
-                 frozen: str | os.PathLike | None = None) -> Path:
+                 frozen: str | os.PathLike | None = None, guidance: float | None = None) -> Path:
     """Write only the EMA weights and config of a run (for shipping a small pretrained model).
 
     frozen: for a run that builds on a frozen network (a latent run's autoencoder, an unCLIP stage's CLIP), the
     file the exported model should name from now on (e.g. the exported autoencoder beside it). Its weights must
     be the ones the run was trained with (same fingerprint). A file in the same folder as ``out`` is named by its
-    file name alone, so the pair can move together.
+    file name alone, so the pair can move together. guidance: the scale the file samples with by default (its
+    train.guidance; None keeps the run's), for a scale chosen by measurement after training.
     """
     path = checkpoint_path(run)
     check_model_output(out)
@@ -63,6 +64,8 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, half: bool = Fa
         # from any folder (a path relative to the folder the export was made in would not)
         named = found.name if found.resolve().parent == Path(out).resolve().parent else str(found.resolve())
         config = config.replace(**{hook.frozen_field: named})
+    if guidance is not None:
+        config = config.replace(guidance=guidance)
     weights = ckpt["ema"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}

@@ -143,6 +143,14 @@ def test_export_makes_a_small_loadable_model(tmp_path, runs, capsys):
     assert loaded.step == full.step and loaded.cond == "class" and loaded.label_names == full.label_names
     assert out.stat().st_size < (runs / "cls" / "checkpoint.pt").stat().st_size / 3
     assert "no 'model' weights" in _error(capsys, ["sample", "--run", str(out), "--no-ema"])
+    # a guidance chosen after training travels with the file (its train.guidance), the weights unchanged; an
+    # exported file can be exported again
+    again = tmp_path / "g.pt"
+    assert main(["export", "--run", str(out), "--out", str(again), "--guidance", "1.25"]) == 0
+    regraded = load_run(again)
+    assert full.config.train.guidance == 2.0 and regraded.config.train.guidance == 1.25
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+                                                  regraded.model.state_dict().values(), strict=True))
 
 
 def test_a_prompt_without_run_uses_the_shipped_text_model(tmp_path, monkeypatch, capsys):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ddpm.bench.versus import versus_rows
+
 __all__ = ["format_bench"]
 
 
@@ -25,6 +27,7 @@ def format_bench(result: dict[str, Any]) -> str:
     for k, v in result.get("fast_sampling", {}).items():
         rows.append((f"64 images: {k}", f"{v['median_s']:.2f} s (best {v['best_s']:.2f}), "
                                          f"{v['speedup_vs_ddim50_fp32']:.2f}x DDIM-50 fp32"))
+    rows += versus_rows(result.get("versus_diffusers"))
     for k, v in result.get("experiments", {}).items():
         rows.append((f"knob: {k}", f"best {v['best_s'] * 1e3:.1f} ms, median {v['median_s'] * 1e3:.1f} ms "
                                    f"({v['speedup']:.2f}x)"))
@@ -39,7 +42,9 @@ def format_bench(result: dict[str, Any]) -> str:
 def _machine_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """The machine, the settings, the kernels' FLOP/s and the network's size."""
     m, s = result["machine"], result["settings"]
-    rows = [("machine", f"{m['cuda'] or m['cpu']} ({m['device']}, {m['threads']} threads, torch {m['torch']})"),
+    units = {True: "with bf16 units", False: "no bf16 units: fp32 (bf16 would be emulated)", None: "bf16 not probed"}
+    rows = [("machine", f"{m['cuda'] or m['cpu']} ({m['device']}, {m['threads']} threads, torch {m['torch']}; "
+                        f"{units[m.get('bf16_units')]})"),
             ("load average (start / end)", f"{m['loadavg_start']} / {m['loadavg_end']}"),
             ("preset", f"{s['preset']}  (train batch {s['batch_size']}, sample batch {s['sample_batch']}, "
                        f"T={s['T']})")]

@@ -28,11 +28,13 @@ from ddpm.bench.measure import (
     time_calls,
     train_flops,
 )
+from ddpm.bench.versus import versus_diffusers
 from ddpm.checkpoints import build_diffusion, build_model, checkpoint_path, find_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
 from ddpm.config import Config
 from ddpm.datasets import ImageDataset, dataset_label_names
 from ddpm.memory import check_batch, saved_bytes_per_item
+from ddpm.nn.unet import UNetConfig
 from ddpm.pipelines.base import kind
 from ddpm.presets import get_preset
 from ddpm.samplers import ancestral_sample, bf16_is_fast, ddim_sample, sample
@@ -244,6 +246,10 @@ def run_bench(preset: str = "mnist", *, batch_size: int | None = None, sample_ba
     if not quick:
         say("fast sampling: 64 images, DDIM-50 fp32 against DPM-Solver++ in fp32 and bf16")
         result["fast_sampling"] = fast_sampling(model, diffusion, config, device, guidance=s["guidance"])
+        say("the same U-Net in diffusers' UNet2DModel, side by side")
+        result["versus_diffusers"] = versus_diffusers(config.model, batch_size=s["batch_size"],
+                                                      sample_batch=sample_batch, device=device) \
+            if isinstance(config.model, UNetConfig) else {"available": False, "message": "not a U-Net"}
     if explore:
         say("knobs")
         result["experiments"] = explore_knobs(model, (sample_batch, *config.sample_shape), sample_cond, device,
@@ -295,6 +301,7 @@ def _settings(preset: str, batch_size: int | None, sample_batch: int, quick: boo
 
 def _machine(device: torch.device) -> dict[str, Any]:
     return {"device": str(device), "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "bf16_units": bf16_is_fast(device.type),
             "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "loadavg_start": loadavg()}
