@@ -144,3 +144,38 @@ def test_fast_sampling_times_every_variant_against_ddim50():
                                              "model": {"parameters": 1, "forward_flops_per_image": 1.0,
                                                        "train_flops_per_image": 1.0},
                                              "results": {}, "goals": {}, "fast_sampling": out})
+
+
+def test_versus_diffusers_checks_equality_then_times_both(monkeypatch):
+    from ddpm.bench import versus
+    from ddpm.bench.report import format_bench
+
+    out = versus.versus_diffusers(get_preset("tiny").model, batch_size=4, sample_batch=2, repeats=1)
+    assert out["available"] and out["max_abs_difference"] < versus.EQUAL_TOLERANCE
+    for r in out["precisions"].values():
+        assert r["train_speedup"] > 0 and r["sample_speedup"] > 0
+        assert set(r["times"]) == {"ddpm train", "diffusers train", "ddpm sample", "diffusers sample"}
+    rows = dict(versus.versus_rows(out))
+    assert "max |diff|" in rows["vs diffusers"] and "x), sampling forward" in rows["[fp32] vs diffusers"]
+    # a twin that computes something else is reported, not timed
+    real_twin = versus._diffusers_twin
+
+    def wrong_twin(model):
+        twin = real_twin(model)
+        twin.conv_out.bias.data.add_(1.0)
+        return twin
+
+    monkeypatch.setattr(versus, "_diffusers_twin", wrong_twin)
+    wrong = versus.versus_diffusers("tiny", batch_size=2, sample_batch=2, repeats=1)
+    assert not wrong["available"] and wrong["max_abs_difference"] > 0.5 and "not the same function" in wrong["message"]
+    monkeypatch.setattr(versus, "_diffusers_twin", lambda model: None)  # diffusers absent
+    absent = versus.versus_diffusers("tiny", batch_size=2, sample_batch=2, repeats=1)
+    assert absent == {"available": False, "message": "diffusers is not installed (pip install diffusers): no "
+                                                     "side-by-side"}
+    machine = {"cuda": None, "cpu": "c", "device": "cpu", "threads": 1, "torch": "t", "loadavg_start": None,
+               "loadavg_end": None, "bf16_units": False}
+    text = format_bench({"machine": machine, "settings": {"preset": "tiny", "batch_size": 1, "sample_batch": 1,
+                                                          "T": 100}, "matmul": {}, "conv": {}, "peak": {},
+                         "model": {"parameters": 1, "forward_flops_per_image": 1.0, "train_flops_per_image": 1.0},
+                         "results": {}, "goals": {}, "versus_diffusers": out})
+    assert "no bf16 units" in text and "vs diffusers" in text
