@@ -326,7 +326,7 @@ def test_speckle_counts_faint_dots_away_from_the_strokes():
 
 
 def test_speckle_is_judged_on_digits_only():
-    from ddpm.metrics.evaluate import _speckle
+    from ddpm.metrics.judge import speckle_report as _speckle
 
     test = load_dataset("mnist", "test")
     assert _speckle(test.images[:10], test)["available"]

@@ -60,14 +60,16 @@ def versus_diffusers(unet: str | UNetConfig = "mnist", *, batch_size: int = 128,
     c, s = ours.config.in_channels, ours.config.image_size
     x, t = torch.randn(batch_size, c, s, s, device=device), torch.randint(0, 1000, (batch_size,), device=device)
     target = torch.randn_like(x)
-    ours.eval(), theirs.eval()
+    ours.eval()
+    theirs.eval()
     with torch.no_grad():
         diff = (ours(x[:sample_batch], t[:sample_batch]) - theirs(x[:sample_batch], t[:sample_batch]).sample)
     max_diff = float(diff.abs().max())
     if max_diff > EQUAL_TOLERANCE:
         return {"available": False, "max_abs_difference": max_diff,
                 "message": f"the converted network differs from ours by {max_diff:.2e}: not the same function"}
-    ours.train(), theirs.train()
+    ours.train()
+    theirs.train()
     call = {"ddpm": lambda xx, tt: ours(xx, tt), "diffusers": lambda xx, tt: theirs(xx, tt).sample}
     out: dict[str, Any] = {"available": True, "unet": name, "max_abs_difference": max_diff,
                            "batch_size": batch_size, "sample_batch": sample_batch, "precisions": {}}
@@ -90,7 +92,8 @@ def versus_diffusers(unet: str | UNetConfig = "mnist", *, batch_size: int = 128,
         fns = {f"{k} {what}": make(f) for what, make in (("train", train_step), ("sample", sample_forward))
                for k, f in call.items()}
         times = {k: summary(v) for k, v in interleaved(fns, device, repeats).items()}
-        ours.zero_grad(set_to_none=True), theirs.zero_grad(set_to_none=True)
+        for net in (ours, theirs):
+            net.zero_grad(set_to_none=True)
         out["precisions"][precision] = {
             "times": times,
             "train_speedup": times["diffusers train"]["median_s"] / times["ddpm train"]["median_s"],

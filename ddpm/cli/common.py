@@ -122,7 +122,8 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str | None = "ddim", 
                         f"unguided sampling), dpmpp-2m-sde (its stochastic form: no background speckle) (default: "
                         f"{default_text or default}){lists}")
     p.add_argument("--steps", type=steps_list if several else positive_int,
-                   help=f"sampling steps (default: T for ancestral, 50 for ddim, 15 for dpmpp){lists}")
+                   help=f"sampling steps (default: T for ancestral, 50 for ddim, 15 for dpmpp-2m/3m, 25 for "
+                        f"dpmpp-2m-sde){lists}")
     p.add_argument("--spacing", choices=SPACINGS, default="uniform",
                    help="which timesteps a sampler with fewer than T steps visits: uniform in t (default), "
                         "uniform in lambda = log(alpha/sigma), or karras (rho = 7)")

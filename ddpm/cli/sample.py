@@ -53,11 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_flags(p)
 
 
-def _outputs(args, loaded) -> tuple[Path, Path | None]:
+def _outputs(args, loaded, sampler: str) -> tuple[Path, Path | None]:
     """The grid's and the GIF's paths, checked before any sampling."""
     # a run folder gets its samples/ sub-folder; an exported model file writes to ./samples/
     run_dir = loaded.path.parent if loaded.path.name == CHECKPOINT_NAME else Path(".")
-    sampler = args.sampler or loaded.config.hook.sampling(loaded.config).sampler
     out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{sampler}_seed{args.seed}.png"
     out = check_output(out, (".png", ".npz"), "--out")
     gif = check_output(args.trajectory, (".gif",), "--trajectory") if args.trajectory else None
@@ -75,25 +74,22 @@ def run(args) -> int:
     if args.vocabulary:
         print(vocabulary_text(loaded))
         return 0
-    out, gif = _outputs(args, loaded)
+    # the kind's sampler and guidance (ddpm.pipelines.base.Kind.sampling), or a sampler named here with its own
+    default = loaded.config.hook.sampling(loaded.config) if args.sampler is None else Sampling(args.sampler)
+    sampler = default.sampler
+    out, gif = _outputs(args, loaded, sampler)
     if args.n is not None:
         loaded.check_batch(args.n)  # before the n conditions are made
     cond, n, nrow = resolve_condition(loaded, args.n, args.klass, args.prompt)
     if isinstance(cond, torch.Tensor):
         cond = cond.to(device)
-    default = loaded.config.hook.sampling(loaded.config)  # the kind's: the sampler, steps and guidance
-    sampler = args.sampler or default.sampler
-    steps, options = sampler_flags(args, loaded.diffusion.T, sampler,
-                                   args.steps if args.sampler else args.steps or default.steps)
+    steps, options = sampler_flags(args, loaded.diffusion.T, sampler)
     if loaded.config.sampler_defaults.get("threshold") == "none" and args.threshold not in (None, "none"):
         print(f"note: --threshold {args.threshold} treats the predicted x_0 as pixels in [-1, 1]; this model's are "
               f"not (its default is none)", flush=True)
     if cond is None and args.guidance is not None:
         raise UsageError(f"{loaded.path} is an unconditional model: --guidance needs a conditional one")
-    if args.sampler is not None:  # a sampler of the user's: its own defaults and the run's guidance
-        default = Sampling(sampler, guidance=loaded.config.train.guidance)
-    guidance = args.guidance if args.guidance is not None else default.guidance
-    guidance = guidance if guidance is not None else loaded.config.train.guidance
+    guidance = next(g for g in (args.guidance, default.guidance, loaded.config.train.guidance) if g is not None)
     sampling = default.override(sampler, steps, guidance, options)
     generator = torch.Generator(device).manual_seed(args.seed)
     if gif is not None:  # the same samples (same seed), keeping about 40 moments of the reverse process

@@ -21,16 +21,7 @@ from ddpm._files import write_json
 from ddpm._util import select_condition
 from ddpm.checkpoints import CHECKPOINT_NAME, LoadedRun, checkpoint_path, load_run
 from ddpm.conditions import balanced_labels, condition_for_labels, num_conditions
-from ddpm.datasets import (
-    ImageDataset,
-    bicubic_to,
-    load_dataset,
-    mnist_edges,
-    shrink,
-    to_float,
-    to_uint8,
-)
-from ddpm.datasets.attributes import is_digit_dataset
+from ddpm.datasets import ImageDataset, bicubic_to, load_dataset, mnist_edges, shrink, to_float, to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.likelihood import estimate_bpd
 from ddpm.metrics.attributes import adherence_plan, adherence_rows, adherence_supported, score_adherence
@@ -41,7 +32,7 @@ from ddpm.metrics.classifier import (
     load_or_train_classifier,
 )
 from ddpm.metrics.frechet import feature_statistics, frechet_distance, frechet_floors, inception_fid
-from ddpm.metrics.judge import speckled_share
+from ddpm.metrics.judge import speckle_report
 from ddpm.pipelines.base import kind
 from ddpm.samplers import SAMPLERS, default_steps, sample
 
@@ -300,16 +291,7 @@ def judge_samples(loaded: LoadedRun, test: ImageDataset, root, n: int, *, sample
     else:
         fid = {"available": False, "message": f"Inception FID is for natural RGB images (CIFAR-10), not {dataset!r}"}
     return {"samples": samples, "classifier_metrics": judged, "inception_fid": fid,
-            "speckle": _speckle(images, test)}
-
-
-def _speckle(images: Tensor, test: ImageDataset) -> dict[str, Any]:
-    """The share of samples with background speckle (ddpm.metrics.judge.speckled) beside the real test images'
-    share: for handwritten digits (strokes on a clean background), not for clothes or photographs, whose faint
-    texture away from bright pixels is real (half of Fashion-MNIST's test images would count as speckled)."""
-    if not is_digit_dataset(test):
-        return {"available": False, "message": f"speckle is measured on handwritten digits, not {test.name!r}"}
-    return {"available": True, "share": speckled_share(images), "real_share": speckled_share(test.images)}
+            "speckle": speckle_report(images, test)}
 
 
 def _classifier_metrics(images: Tensor, labels: Tensor | None, test: ImageDataset, dataset: str, root,

@@ -137,7 +137,7 @@ class LatentKind(Kind):
         return {"threshold": "none"}  # a predicted z_0 is a latent, not pixels in [-1, 1]
 
     def sampling(self, config):
-        return Sampling("dpmpp-2m", 15)  # the deterministic solver its measurements were made with (docs/latent.md)
+        return Sampling("dpmpp-2m")  # the deterministic solver its measurements were made with (docs/latent.md)
 
     def attach(self, config, device):
         ae, fingerprint = load_first_stage(config.stage, device=device)
