@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 
 import torch
 import torch.distributed
 
-__all__ = ["DEVICE_HELP", "select_device", "DistInfo", "setup_distributed", "rng_state", "set_rng_state"]
+__all__ = ["DEVICE_HELP", "select_device", "keep_freed_memory", "DistInfo", "setup_distributed", "rng_state",
+           "set_rng_state"]
 
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_BYTES = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep the memory freed tensors leave, for the next ones (True where it is glibc's).
+
+    A training step frees and allocates the same large activations every time. By default glibc serves blocks of
+    more than a few MB with fresh mmap'd pages and returns freed memory at the top of the heap to the system, so
+    every step page-faults its activations in again, and the kernel zeroes each page first. Serving blocks up to
+    1 GiB from the heap and trimming only above 1 GiB reuses the pages instead (fewer page faults, faster steps:
+    docs/cpu.md), the resident memory staying at the run's peak. Process-wide; every command of the CLI sets it; a
+    no-op on other C libraries (macOS, Windows, musl)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: a mallopt there (if any) has other parameters
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
 
 
 def _mps_available() -> bool:

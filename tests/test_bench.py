@@ -2,6 +2,10 @@
 
 import argparse
 import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,8 @@ from ddpm.cli.common import UsageError
 from ddpm.datasets import class_prompts, dataset_label_names
 from ddpm.nn.unet import UNet
 from ddpm.presets import get_preset
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class OneConv(nn.Module):
@@ -179,3 +185,33 @@ def test_versus_diffusers_checks_equality_then_times_both(monkeypatch):
                          "model": {"parameters": 1, "forward_flops_per_image": 1.0, "train_flops_per_image": 1.0},
                          "results": {}, "goals": {}, "versus_diffusers": out})
     assert "no bf16 units" in text and "vs diffusers" in text
+
+
+_FAULTS = """
+import resource, sys, torch
+if sys.argv[1] == "keep":
+    from ddpm.runtime import keep_freed_memory
+    assert keep_freed_memory()
+torch.set_num_threads(1)
+conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+x = torch.randn(32, 16, 64, 64)  # 8 MB activations
+def step():
+    conv(torch.nn.functional.silu(conv(x))).square().mean().backward()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+step(), step()
+before = faults()
+for _ in range(10):
+    step()
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_keep_freed_memory_reuses_the_pages_of_freed_tensors():
+    """Ten training steps of a conv with 8 MB activations page-fault about 100k pages in with glibc's defaults
+    (measured 96-133k), and next to none once freed memory is kept (measured 4096: one 8 MB block, once)."""
+    counts = {mode: int(subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
+                                       check=True, cwd=ROOT).stdout) for mode in ("default", "keep")}
+    assert counts["default"] > 30_000, counts
+    assert counts["keep"] < 0.1 * counts["default"], counts

@@ -24,6 +24,7 @@ from ddpm.cli import convert as convert_cmd
 from ddpm.cli.common import UsageError, resolve_condition, resolve_run
 from ddpm.datasets import DatasetError
 from ddpm.pipelines.base import FOLDERS
+from ddpm.runtime import keep_freed_memory
 from ddpm.training import TrainingError
 
 __all__ = ["main", "build_parser", "resolve_condition", "resolve_run", "set_threads", "COMMANDS", "UsageError",
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {command} {flag} has moved: use {now}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # every command allocates the same tensors over and over: reuse their pages (docs/cpu.md)
     try:
         return args.func(args) or 0
     except (UsageError, CheckpointError, DatasetError, TrainingError, LockError, ValueError) as e:
