@@ -83,6 +83,18 @@ def test_unknown_preset(capsys):
     assert "known presets: mnist" in _error(capsys, ["train", "--preset", "mnist-large"])
 
 
+def test_min_snr_gamma_flag_reaches_the_config(tmp_path, capsys):
+    from ddpm.cli import build_parser
+    from ddpm.cli.train import train_config
+
+    args = build_parser().parse_args(["train", "--min-snr-gamma", "5", "--runs-dir", str(tmp_path)])
+    assert train_config(args, tmp_path / "mnist").diffusion.min_snr_gamma == 5.0
+    args = build_parser().parse_args(["train", "--runs-dir", str(tmp_path)])
+    assert train_config(args, tmp_path / "mnist").diffusion.min_snr_gamma is None  # the preset's: none
+    err = _error(capsys, ["train", "--preset", "mnist-hybrid", "--min-snr-gamma", "5", "--runs-dir", str(tmp_path)])
+    assert "min_snr_gamma weights L_simple; the 'hybrid' loss has its own weights" in err
+
+
 def test_class_out_of_range(runs, capsys):
     assert "out of range" in _error(capsys, ["sample", "--run", str(runs / "cls"), "--class", "10"])
     assert "class name" in _error(capsys, ["sample", "--run", str(runs / "cls"), "--class", "eleven"])

@@ -45,6 +45,13 @@ def _decay(text: str) -> float:
     return value
 
 
+def _gamma(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive gamma (5 is Hang et al.'s), got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = finite_float(text)
     if not 0 <= value <= 1:
@@ -77,6 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                     "the ablation; default: the preset's 0.5)")
     p.add_argument("--schedule", choices=tuple(SCHEDULES), help="the beta schedule (default: the preset's; cosine is "
                                                                "Improved DDPM's)")
+    p.add_argument("--min-snr-gamma", type=_gamma, help="weight L_simple's terms by min(SNR_t, gamma) / SNR_t (Hang "
+                                                        "et al. 2023; 5 is theirs; default: the preset's, none)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--sample-every", type=nonnegative_int,
                    help="write a sample grid every N steps (0: only at the end)")
@@ -94,7 +103,7 @@ def _overrides(args) -> dict:
         "compile": True if args.compile else None, "cond": args.cond,
         "cond_lr_scale": args.cond_lr_scale, "precision": args.precision,
         "autoencoder": args.autoencoder, "aug_max": args.aug_max, "clip": args.clip,
-        "schedule": args.schedule}.items() if v is not None}
+        "schedule": args.schedule, "min_snr_gamma": args.min_snr_gamma}.items() if v is not None}
 
 
 def _run_dir(args) -> Path:
