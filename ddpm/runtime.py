@@ -26,10 +26,9 @@ def keep_freed_memory() -> bool:
     A training step frees and allocates the same large activations every time. By default glibc serves blocks
     above its mmap threshold (128 KiB at first, adapting up to 32 MiB) with fresh mmap'd pages and returns freed
     memory at the top of the heap to the system, so every step page-faults its activations in again, and the
-    kernel zeroes each page first. Serving blocks up to
-    1 GiB from the heap and trimming only above 1 GiB reuses the pages instead (fewer page faults, faster steps:
-    docs/cpu.md), the resident memory staying at the run's peak. Process-wide; every command of the CLI sets it; a
-    no-op on other C libraries (macOS, Windows, musl)."""
+    kernel zeroes each page first. Serving blocks up to 1 GiB from the heap and trimming only above 1 GiB reuses
+    the pages instead (fewer page faults, faster steps: docs/cpu.md), the resident memory staying at the run's
+    peak. Process-wide; every command of the CLI sets it; a no-op on other C libraries (macOS, Windows, musl)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
     except (OSError, TypeError):

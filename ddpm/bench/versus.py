@@ -19,7 +19,7 @@ from ddpm.convert import diffusers_config, state_to_diffusers
 from ddpm.nn.unet import UNet, UNetConfig
 from ddpm.samplers import bf16_is_fast
 
-__all__ = ["versus_diffusers", "versus_rows", "EQUAL_TOLERANCE"]
+__all__ = ["same_network", "versus_diffusers", "versus_rows", "EQUAL_TOLERANCE"]
 
 EQUAL_TOLERANCE = 1e-4  # max |ours - theirs| in fp32 on unit-scale inputs for "the same function"
 
@@ -35,28 +35,37 @@ def _diffusers_twin(model: UNet):
     return twin.to(next(model.parameters()).device)
 
 
-def versus_diffusers(unet: str | UNetConfig = "mnist", *, batch_size: int = 128, sample_batch: int = 64,
-                     device: torch.device | str = "cpu", repeats: int = 3) -> dict[str, Any]:
-    """Our U-Net (a U-Net preset's name or a config; made unconditional) against the same network in diffusers:
-    equality, then per precision the median seconds of a training step and a sampling forward of each, and ours'
-    speed-up over theirs ({"available": False, "message"} where diffusers is absent or the layout has no twin)."""
+def same_network(unet: str | UNetConfig = "mnist", device: torch.device | str = "cpu") -> tuple[UNet, Any]:
+    """(our U-Net, diffusers' UNet2DModel with its weights): a U-Net preset's name or a config made unconditional,
+    its weights moved away from the zero init of the output layers so that every path counts. Raises ValueError
+    saying why there is no twin (a conditioning layer, a layout the converter refuses, diffusers absent)."""
     device = torch.device(device)
     torch.manual_seed(0)
     try:  # the conditioning's layers (class table, text cross-attention, FiLM, a variance head) have no twin
         ours = UNet.from_preset(unet, cond="none") if isinstance(unet, str) else UNet(dataclasses.replace(
             unet, cond="none", learn_sigma=False, film=False, cross_attn_resolutions=()))
     except ValueError as e:
-        return {"available": False, "message": f"no unconditional twin of this U-Net: {e}"}
-    name = unet if isinstance(unet, str) else f"ch {ours.config.ch}, ch_mult {list(ours.config.ch_mult)}"
+        raise ValueError(f"no unconditional twin of this U-Net: {e}") from None
     ours = ours.to(device)
-    for p in ours.parameters():  # away from the zero init of the output layers, so every path counts
+    for p in ours.parameters():
         p.data.add_(0.02 * torch.randn_like(p))
-    try:
-        theirs = _diffusers_twin(ours)
-    except ValueError as e:  # a layout the converter refuses
-        return {"available": False, "message": str(e)}
+    theirs = _diffusers_twin(ours)  # a layout the converter refuses raises ValueError
     if theirs is None:
-        return {"available": False, "message": "diffusers is not installed (pip install diffusers): no side-by-side"}
+        raise ValueError("diffusers is not installed (pip install diffusers): no side-by-side")
+    return ours, theirs
+
+
+def versus_diffusers(unet: str | UNetConfig = "mnist", *, batch_size: int = 128, sample_batch: int = 64,
+                     device: torch.device | str = "cpu", repeats: int = 3) -> dict[str, Any]:
+    """Our U-Net (a U-Net preset's name or a config; made unconditional) against the same network in diffusers
+    (same_network): equality, then per precision the median seconds of a training step and a sampling forward of
+    each, and ours' speed-up over theirs ({"available": False, "message"} where there is no twin)."""
+    device = torch.device(device)
+    try:
+        ours, theirs = same_network(unet, device)
+    except ValueError as e:
+        return {"available": False, "message": str(e)}
+    name = unet if isinstance(unet, str) else f"ch {ours.config.ch}, ch_mult {list(ours.config.ch_mult)}"
     c, s = ours.config.in_channels, ours.config.image_size
     x, t = torch.randn(batch_size, c, s, s, device=device), torch.randint(0, 1000, (batch_size,), device=device)
     target = torch.randn_like(x)

@@ -167,9 +167,8 @@ class Kind:
     def sampling(self, config: Config) -> Sampling:
         """How this kind is sampled when the caller says nothing else (``sample``'s default; LoadedRun.sample adds
         sampler_defaults): the stochastic DPM-Solver++(2M) at its default steps (25), guided with half the run's
-        extrapolation
-        (s = 1 + (train.guidance - 1) / 2: 1.5 for the default 2), which leaves the backgrounds as clean as real
-        digits at the deterministic solver's Frechet distance (docs/results.md, "Speckle")."""
+        extrapolation (s = 1 + (train.guidance - 1) / 2: 1.5 for the default 2), which leaves the backgrounds as
+        clean as real digits at the deterministic solver's Frechet distance (docs/results.md, "Speckle")."""
         return Sampling("dpmpp-2m-sde", None, stochastic_guidance(config.train.guidance))
 
     def encode(self, frozen: nn.Module | None, images: Tensor) -> Tensor:

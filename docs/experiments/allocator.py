@@ -10,6 +10,8 @@ import statistics
 import subprocess
 import sys
 
+from ddpm.samplers import bf16_is_fast
+
 STEP = """
 import resource, statistics, sys, time
 import torch
@@ -40,9 +42,7 @@ print(statistics.median(times[2:]), faults)
 
 
 def main(rounds: int) -> None:
-    import torch
-
-    precisions = ["fp32"] + (["bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
+    precisions = ["fp32"] + (["bf16"] if bf16_is_fast("cpu") else [])
     for precision in precisions:
         got = {"default": [], "kept": []}
         for _ in range(rounds):

@@ -13,17 +13,14 @@ import sys
 import torch
 
 from ddpm.bench.measure import interleaved, summary
-from ddpm.bench.versus import _diffusers_twin
-from ddpm.nn.unet import UNet
+from ddpm.bench.versus import same_network
 
 
 def main(threads: int) -> None:
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    ours = UNet.from_preset("mnist", cond="none").eval()
-    for p in ours.parameters():  # away from the zero init, so every path counts
-        p.data.add_(0.02 * torch.randn_like(p))
-    theirs = _diffusers_twin(ours).eval()
+    ours, theirs = same_network("mnist")
+    ours.eval()
+    theirs.eval()
     x, t = torch.randn(64, 1, 28, 28), torch.randint(0, 1000, (64,))
     with torch.no_grad():
         graph = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(ours, (x, t), check_trace=False)))
