@@ -72,6 +72,10 @@ class DiffusionConfig:
         check_mode(self.prediction, PREDICTIONS, "prediction")
         check_mode(self.loss, LOSSES, "loss")
         check_mode(self.timesteps, TIMESTEP_SAMPLERS, "timesteps")
+        if self.min_snr_gamma is not None and not (isinstance(self.min_snr_gamma, int | float)
+                                                   and 0 < self.min_snr_gamma < float("inf")):
+            raise ValueError(f"min_snr_gamma must be a positive number (5 is Hang et al.'s) or None (no weighting), "
+                             f"got {self.min_snr_gamma!r}")
         if self.min_snr_gamma is not None and self.loss != "simple":
             raise ValueError(f"min_snr_gamma weights L_simple; the {self.loss!r} loss has its own weights: drop one")
 

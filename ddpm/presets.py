@@ -16,7 +16,7 @@ from ddpm.nn.mlp import MLPConfig
 from ddpm.nn.unet import UNET_PRESETS
 from ddpm.pipelines.base import FOLDERS
 
-__all__ = ["PRESETS", "get_preset", "BENCH", "NOT_BENCHED"]
+__all__ = ["PRESETS", "get_preset", "BENCH", "NOT_BENCHED", "SHORT_RUNS", "short_run"]
 
 
 def _mnist_like(preset: str, dataset: str, cond: str, diffusion: DiffusionConfig | None = None,
@@ -62,6 +62,9 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup=5, ema_decay=0.9, log_every=5,
                           sample_every=0, ckpt_every=10, sample_steps=5, guidance=2.0)),
 }
+# What a time-budgeted new run (train --minutes) changes in a preset, where measured short runs say so: the cosine
+# schedule (Nichol & Dhariwal 2021) for ten minutes of mnist (docs/cpu.md, "Ten minutes"). A flag given wins.
+SHORT_RUNS: dict[str, dict[str, Any]] = {"mnist": {"schedule": "cosine"}}
 # each system's own presets (latent diffusion, the cascade, unCLIP); BENCH: the module of the side-by-side benchmark
 # of a preset (python -m ddpm bench); NOT_BENCHED: why a preset is not benchmarked
 BENCH: dict[str, str] = {}
@@ -78,3 +81,8 @@ def get_preset(name: str, **overrides: Any) -> Config:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+def short_run(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What ``train --minutes`` changes in preset ``name`` (SHORT_RUNS) that ``overrides`` (the flags) leave."""
+    return {k: v for k, v in SHORT_RUNS.get(name, {}).items() if k not in overrides}

@@ -5,6 +5,7 @@ import torch
 
 from ddpm.checkpoints import load_run
 from ddpm.cli import main
+from ddpm.config import DiffusionConfig
 from ddpm.datasets import caption_max_words, caption_vocabulary
 from ddpm.presets import get_preset
 from ddpm.training import Trainer
@@ -91,8 +92,41 @@ def test_min_snr_gamma_flag_reaches_the_config(tmp_path, capsys):
     assert train_config(args, tmp_path / "mnist").diffusion.min_snr_gamma == 5.0
     args = build_parser().parse_args(["train", "--runs-dir", str(tmp_path)])
     assert train_config(args, tmp_path / "mnist").diffusion.min_snr_gamma is None  # the preset's: none
+    args = build_parser().parse_args(["train", "--min-snr-gamma", "0", "--runs-dir", str(tmp_path)])
+    assert train_config(args, tmp_path / "mnist").diffusion.min_snr_gamma is None  # 0: no weighting
+    for bad in (0.0, -5.0, float("nan"), "5"):
+        with pytest.raises(ValueError, match="min_snr_gamma must be a positive number"):
+            DiffusionConfig(min_snr_gamma=bad)
     err = _error(capsys, ["train", "--preset", "mnist-hybrid", "--min-snr-gamma", "5", "--runs-dir", str(tmp_path)])
     assert "min_snr_gamma weights L_simple; the 'hybrid' loss has its own weights" in err
+
+
+def test_minutes_takes_the_presets_short_run_recipe(tmp_path, capsys, monkeypatch):
+    """train --minutes applies ddpm.presets.SHORT_RUNS (mnist: the cosine schedule) to a new run, says so, and a
+    flag given wins; without --minutes, or for a preset without a recipe, the preset is as it is."""
+    from ddpm.cli import build_parser
+    from ddpm.cli.train import train_config
+    from ddpm.presets import PRESETS, SHORT_RUNS
+
+    def config(*argv):
+        args = build_parser().parse_args(["train", *argv, "--runs-dir", str(tmp_path)])
+        return train_config(args, tmp_path / "run")
+
+    assert SHORT_RUNS["mnist"] == {"schedule": "cosine"}
+    assert config("--minutes", "10").diffusion.schedule == "cosine"
+    assert config().diffusion.schedule == "linear" == PRESETS["mnist"].diffusion.schedule
+    assert config("--minutes", "10", "--schedule", "linear").diffusion.schedule == "linear"
+    assert config("--minutes", "10", "--preset", "mnist-text").diffusion == PRESETS["mnist-text"].diffusion
+    # the whole command: a recipe for the tiny preset, a few seconds' budget
+    monkeypatch.setitem(SHORT_RUNS, "tiny", {"schedule": "cosine", "ema_decay": 0.5})
+    argv = ["train", "--preset", "tiny", "--minutes", "0.05", "--ema-decay", "0.8", "--runs-dir", str(tmp_path),
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "a time-budgeted run of 'tiny' uses schedule cosine" in out and "--schedule overrides it" in out
+    assert "ema_decay" not in out  # given as a flag
+    saved = load_run(tmp_path / "tiny").config
+    assert saved.diffusion.schedule == "cosine" and saved.train.ema_decay == 0.8
 
 
 def test_class_out_of_range(runs, capsys):

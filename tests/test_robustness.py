@@ -243,7 +243,7 @@ def _bad_cases(tmp: Path, text_run: Path) -> list[tuple[list[str], str]]:
         (["train", "--lr", "nan"], "argument --lr"),
         (["train", "--lr", "-1"], "argument --lr"),
         (["train", "--ema-decay", "1.5"], "argument --ema-decay"),
-        (["train", "--min-snr-gamma", "0"], "argument --min-snr-gamma"),
+        (["train", "--min-snr-gamma", "-1"], "argument --min-snr-gamma"),
         (["train", "--minutes", "0"], "argument --minutes"),
         (["train", "--minutes", "5", "--steps", "10"], "--minutes fixes the length of a new run"),
         (["sample", "--sampler", "ddim", "--variance", "fixed_large"], "--variance is for the ancestral sampler"),

@@ -15,7 +15,7 @@ from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint, read_config
 from ddpm.cli.common import UsageError, add_device_flags, finite_float, nonnegative_int, positive_int
 from ddpm.config import Config
 from ddpm.optim import MAX_MINUTES
-from ddpm.presets import PRESETS, get_preset
+from ddpm.presets import PRESETS, get_preset, short_run
 from ddpm.runtime import setup_distributed
 from ddpm.schedules import SCHEDULES
 from ddpm.training import Trainer
@@ -47,8 +47,8 @@ def _decay(text: str) -> float:
 
 def _gamma(text: str) -> float:
     value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive gamma (5 is Hang et al.'s), got {value}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a gamma >= 0 (5 is Hang et al.'s; 0: no weighting), got {value}")
     return value
 
 
@@ -85,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=tuple(SCHEDULES), help="the beta schedule (default: the preset's; cosine is "
                                                                "Improved DDPM's)")
     p.add_argument("--min-snr-gamma", type=_gamma, help="weight L_simple's terms by min(SNR_t, gamma) / SNR_t (Hang "
-                                                        "et al. 2023; 5 is theirs; default: the preset's, none)")
+                                                        "et al. 2023; 5 is theirs; 0: none; default: the preset's)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--sample-every", type=nonnegative_int,
                    help="write a sample grid every N steps (0: only at the end)")
@@ -116,6 +116,17 @@ def _run_dir(args) -> Path:
     return runs / name
 
 
+def _config_values(overrides: dict) -> dict:
+    """The overrides as config values: --min-snr-gamma 0 is no weighting (None)."""
+    return {**overrides, "min_snr_gamma": overrides["min_snr_gamma"] or None} if "min_snr_gamma" in overrides \
+        else overrides
+
+
+def _short_run(args) -> dict:
+    """What a new run with --minutes changes in its preset (ddpm.presets.SHORT_RUNS), the flags left as given."""
+    return short_run(args.preset or "mnist", _overrides(args)) if args.minutes is not None and not args.resume else {}
+
+
 def _has_field(config: Config, name: str) -> bool:
     """Whether the preset's own section (Config.stage) has this field (a latent preset's autoencoder)."""
     return config.stage is not None and name in {f.name for f in dataclasses.fields(config.stage)}
@@ -129,12 +140,12 @@ def train_config(args, run_dir: Path) -> Config:
             takers = ", ".join(name for name, c in PRESETS.items() if _has_field(c, field))
             raise UsageError(f"{flag} is for a new run of a preset that has it ({takers}); a resumed run keeps its own")
     if not args.resume:
-        return get_preset(args.preset or "mnist", **_overrides(args))
+        return get_preset(args.preset or "mnist", **_config_values({**_short_run(args), **_overrides(args)}))
     saved = read_config(load_checkpoint(run_dir / CHECKPOINT_NAME), run_dir / CHECKPOINT_NAME)
     if args.preset is not None and args.preset != saved.preset:
         raise UsageError(f"{run_dir} was trained with preset {saved.preset!r}, not {args.preset!r}; drop --preset "
                          f"to resume it")
-    return saved.replace(**_overrides(args))
+    return saved.replace(**_config_values(_overrides(args)))
 
 
 def _check_load(args) -> None:
@@ -163,6 +174,9 @@ def run(args) -> int:
               + (f", resuming at step {trainer.step}" if args.resume else ""), flush=True)
         for change in trainer.changes:
             print(f"changed on resume: {change}", flush=True)
+        for field, value in _short_run(args).items():
+            print(f"note: a time-budgeted run of {config.preset!r} uses {field} {value} (better in ten measured "
+                  f"minutes: docs/cpu.md); --{field.replace('_', '-')} overrides it", flush=True)
         for note in trainer.notes:
             print(f"note: {note}", flush=True)
     if dist.is_main:
