@@ -50,6 +50,12 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.updates = 0
 
+    @staticmethod
+    def binds_from(decay: float) -> int:
+        """The first update k at which the warmup's (1 + k) / (10 + k) reaches ``decay``: before it the warmup
+        sets the average (k = 890 for 0.99, 1790 for 0.995), so a shorter run never uses ``decay`` at all."""
+        return math.ceil((10 * decay - 1) / (1 - decay) - 1e-9)
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay

@@ -129,6 +129,19 @@ def test_minutes_takes_the_presets_short_run_recipe(tmp_path, capsys, monkeypatc
     assert saved.diffusion.schedule == "cosine" and saved.train.ema_decay == 0.8
 
 
+def test_an_ema_decay_the_warmup_never_reaches_is_said(tmp_path, capsys):
+    """EMA warmup: d_k = min(decay, (1 + k) / (10 + k)) reaches 0.9 at k = 80, so in 20 steps --ema-decay 0.9
+    changes nothing, and train says so; 0.5 (reached at k = 8) is used, and nothing is said."""
+    from ddpm.optim import EMA
+
+    assert [EMA.binds_from(d) for d in (0.5, 0.9, 0.99, 0.995)] == [8, 80, 890, 1790]
+    base = ["train", "--preset", "tiny", "--runs-dir", str(tmp_path), "--no-progress"]
+    assert main([*base, "--name", "slow", "--ema-decay", "0.9"]) == 0
+    assert "reaches --ema-decay 0.9 only after step 80" in capsys.readouterr().out
+    assert main([*base, "--name", "fast", "--ema-decay", "0.5"]) == 0
+    assert "--ema-decay" not in capsys.readouterr().out
+
+
 def test_class_out_of_range(runs, capsys):
     assert "out of range" in _error(capsys, ["sample", "--run", str(runs / "cls"), "--class", "10"])
     assert "class name" in _error(capsys, ["sample", "--run", str(runs / "cls"), "--class", "eleven"])

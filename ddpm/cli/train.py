@@ -14,7 +14,7 @@ from ddpm._util import set_threads
 from ddpm.checkpoints import CHECKPOINT_NAME, load_checkpoint, read_config
 from ddpm.cli.common import UsageError, add_device_flags, finite_float, nonnegative_int, positive_int
 from ddpm.config import Config
-from ddpm.optim import MAX_MINUTES
+from ddpm.optim import EMA, MAX_MINUTES
 from ddpm.presets import PRESETS, get_preset, short_run
 from ddpm.runtime import setup_distributed
 from ddpm.schedules import SCHEDULES
@@ -177,6 +177,12 @@ def run(args) -> int:
         for field, value in _short_run(args).items():
             print(f"note: a time-budgeted run of {config.preset!r} uses {field} {value} (better in ten measured "
                   f"minutes: docs/cpu.md); --{field.replace('_', '-')} overrides it", flush=True)
+        tc = trainer.config.train
+        if args.ema_decay is not None and tc.ema_warmup and args.minutes is None and (
+                tc.steps <= EMA.binds_from(tc.ema_decay)):
+            print(f"note: the EMA reaches --ema-decay {tc.ema_decay:g} only after step {EMA.binds_from(tc.ema_decay)} "
+                  f"(its warmup, (1 + k) / (10 + k), is below it until then): in {tc.steps} steps the warmup alone "
+                  f"sets the average", flush=True)
         for note in trainer.notes:
             print(f"note: {note}", flush=True)
     if dist.is_main:
