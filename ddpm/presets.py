@@ -62,9 +62,10 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup=5, ema_decay=0.9, log_every=5,
                           sample_every=0, ckpt_every=10, sample_steps=5, guidance=2.0)),
 }
-# What a time-budgeted new run (train --minutes) changes in a preset, where measured short runs say so: the cosine
-# schedule (Nichol & Dhariwal 2021) for ten minutes of mnist (docs/cpu.md, "Ten minutes"). A flag given wins.
-SHORT_RUNS: dict[str, dict[str, Any]] = {"mnist": {"schedule": "cosine"}}
+# What a time-budgeted new run (train --minutes) changes in a preset, where measured short runs say so: for ten
+# minutes of mnist, the cosine schedule (Nichol & Dhariwal 2021) and min-SNR weighting (Hang et al. 2023, gamma 5)
+# (docs/cpu.md, "What ten minutes should train"). A flag given wins.
+SHORT_RUNS: dict[str, dict[str, Any]] = {"mnist": {"schedule": "cosine", "min_snr_gamma": 5.0}}
 # each system's own presets (latent diffusion, the cascade, unCLIP); BENCH: the module of the side-by-side benchmark
 # of a preset (python -m ddpm bench); NOT_BENCHED: why a preset is not benchmarked
 BENCH: dict[str, str] = {}

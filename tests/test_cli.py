@@ -112,10 +112,12 @@ def test_minutes_takes_the_presets_short_run_recipe(tmp_path, capsys, monkeypatc
         args = build_parser().parse_args(["train", *argv, "--runs-dir", str(tmp_path)])
         return train_config(args, tmp_path / "run")
 
-    assert SHORT_RUNS["mnist"] == {"schedule": "cosine"}
-    assert config("--minutes", "10").diffusion.schedule == "cosine"
-    assert config().diffusion.schedule == "linear" == PRESETS["mnist"].diffusion.schedule
-    assert config("--minutes", "10", "--schedule", "linear").diffusion.schedule == "linear"
+    assert SHORT_RUNS["mnist"] == {"schedule": "cosine", "min_snr_gamma": 5.0}
+    short = config("--minutes", "10").diffusion
+    assert (short.schedule, short.min_snr_gamma) == ("cosine", 5.0)
+    assert config().diffusion == PRESETS["mnist"].diffusion and PRESETS["mnist"].diffusion.schedule == "linear"
+    given = config("--minutes", "10", "--schedule", "linear", "--min-snr-gamma", "0").diffusion
+    assert (given.schedule, given.min_snr_gamma) == ("linear", None)
     assert config("--minutes", "10", "--preset", "mnist-text").diffusion == PRESETS["mnist-text"].diffusion
     # the whole command: a recipe for the tiny preset, a few seconds' budget
     monkeypatch.setitem(SHORT_RUNS, "tiny", {"schedule": "cosine", "ema_decay": 0.5})
@@ -123,7 +125,7 @@ def test_minutes_takes_the_presets_short_run_recipe(tmp_path, capsys, monkeypatc
             "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "a time-budgeted run of 'tiny' uses schedule cosine" in out and "--schedule overrides it" in out
+    assert "a time-budgeted run of 'tiny' uses schedule cosine (better" in out and "; --schedule set otherwise" in out
     assert "ema_decay" not in out  # given as a flag
     saved = load_run(tmp_path / "tiny").config
     assert saved.diffusion.schedule == "cosine" and saved.train.ema_decay == 0.8

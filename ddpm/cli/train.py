@@ -67,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue runs/<name> from its checkpoint")
     p.add_argument("--steps", type=positive_int, help="total optimizer steps")
     p.add_argument("--minutes", type=_minutes, help="a time budget: time the first steps, then fix --steps so "
-                                                           "that the run ends after about this many minutes here")
+                                                           "that the run ends after about this many minutes here; "
+                                                           "mnist then trains with the cosine schedule and min-SNR "
+                                                           "weighting (measured better in short runs)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate")
     p.add_argument("--cond-lr-scale", type=_fraction,
@@ -174,9 +176,13 @@ def run(args) -> int:
               + (f", resuming at step {trainer.step}" if args.resume else ""), flush=True)
         for change in trainer.changes:
             print(f"changed on resume: {change}", flush=True)
-        for field, value in _short_run(args).items():
-            print(f"note: a time-budgeted run of {config.preset!r} uses {field} {value} (better in ten measured "
-                  f"minutes: docs/cpu.md); --{field.replace('_', '-')} overrides it", flush=True)
+        recipe = _short_run(args)
+        if recipe:
+            uses = ", ".join(f"{field} {value:g}" if isinstance(value, float) else f"{field} {value}"
+                             for field, value in recipe.items())
+            flags = ", ".join(f"--{field.replace('_', '-')}" for field in recipe)
+            print(f"note: a time-budgeted run of {config.preset!r} uses {uses} (better in measured ten-minute runs: "
+                  f"docs/cpu.md); {flags} set otherwise", flush=True)
         tc = trainer.config.train
         if args.ema_decay is not None and tc.ema_warmup and args.minutes is None and (
                 tc.steps <= EMA.binds_from(tc.ema_decay)):
