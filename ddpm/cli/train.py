@@ -119,9 +119,10 @@ def _run_dir(args) -> Path:
 
 
 def _config_values(overrides: dict) -> dict:
-    """The overrides as config values: --min-snr-gamma 0 is no weighting (None)."""
-    return {**overrides, "min_snr_gamma": overrides["min_snr_gamma"] or None} if "min_snr_gamma" in overrides \
-        else overrides
+    """The overrides as config values: --min-snr-gamma 0 means no weighting (None in the config)."""
+    if overrides.get("min_snr_gamma") == 0:
+        return {**overrides, "min_snr_gamma": None}
+    return overrides
 
 
 def _short_run(args) -> dict:
@@ -150,6 +151,26 @@ def train_config(args, run_dir: Path) -> Config:
     return saved.replace(**_config_values(_overrides(args)))
 
 
+def _recipe_notes(args, config: Config) -> list[str]:
+    """What the flags changed that a user would not see: a time-budgeted run's recipe (SHORT_RUNS), and an
+    --ema-decay that the EMA's warmup, d_k = min(decay, (1 + k) / (10 + k)), never lets act in this run."""
+    notes = []
+    recipe = _short_run(args)
+    if recipe:
+        uses = ", ".join(f"{field} {value:g}" if isinstance(value, float) else f"{field} {value}"
+                         for field, value in recipe.items())
+        flags = ", ".join(f"--{field.replace('_', '-')}" for field in recipe)
+        notes.append(f"a time-budgeted run of {config.preset!r} uses {uses} (better in measured ten-minute runs: "
+                     f"docs/cpu.md); {flags} set otherwise")
+    tc = config.train
+    if args.ema_decay is not None and tc.ema_warmup and args.minutes is None and tc.steps <= EMA.binds_from(
+            tc.ema_decay):
+        notes.append(f"the EMA reaches --ema-decay {tc.ema_decay:g} only after step {EMA.binds_from(tc.ema_decay)} "
+                     f"(its warmup, (1 + k) / (10 + k), is below it until then): in {tc.steps} steps the warmup "
+                     f"alone sets the average")
+    return notes
+
+
 def _check_load(args) -> None:
     """Warn when other processes already keep every core busy (1-minute load average above the core count):
     torch's threads then slow down 2-4x. A warning, not a silent switch to one thread: the 1-minute average
@@ -176,19 +197,8 @@ def run(args) -> int:
               + (f", resuming at step {trainer.step}" if args.resume else ""), flush=True)
         for change in trainer.changes:
             print(f"changed on resume: {change}", flush=True)
-        recipe = _short_run(args)
-        if recipe:
-            uses = ", ".join(f"{field} {value:g}" if isinstance(value, float) else f"{field} {value}"
-                             for field, value in recipe.items())
-            flags = ", ".join(f"--{field.replace('_', '-')}" for field in recipe)
-            print(f"note: a time-budgeted run of {config.preset!r} uses {uses} (better in measured ten-minute runs: "
-                  f"docs/cpu.md); {flags} set otherwise", flush=True)
-        tc = trainer.config.train
-        if args.ema_decay is not None and tc.ema_warmup and args.minutes is None and (
-                tc.steps <= EMA.binds_from(tc.ema_decay)):
-            print(f"note: the EMA reaches --ema-decay {tc.ema_decay:g} only after step {EMA.binds_from(tc.ema_decay)} "
-                  f"(its warmup, (1 + k) / (10 + k), is below it until then): in {tc.steps} steps the warmup alone "
-                  f"sets the average", flush=True)
+        for note in _recipe_notes(args, trainer.config):
+            print(f"note: {note}", flush=True)
         for note in trainer.notes:
             print(f"note: {note}", flush=True)
     if dist.is_main:
