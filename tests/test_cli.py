@@ -102,7 +102,7 @@ def test_min_snr_gamma_flag_reaches_the_config(tmp_path, capsys):
 
 
 def test_minutes_takes_the_presets_short_run_recipe(tmp_path, capsys, monkeypatch):
-    """train --minutes applies ddpm.presets.SHORT_RUNS (mnist: the cosine schedule) to a new run, says so, and a
+    """train --minutes applies ddpm.presets.SHORT_RUNS (mnist: cosine schedule, min-SNR 5) to a new run, says so, and a
     flag given wins; without --minutes, or for a preset without a recipe, the preset is as it is."""
     from ddpm.cli import build_parser
     from ddpm.cli.train import train_config

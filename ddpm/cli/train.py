@@ -163,11 +163,11 @@ def _recipe_notes(args, config: Config) -> list[str]:
         notes.append(f"a time-budgeted run of {config.preset!r} uses {uses} (better in measured ten-minute runs: "
                      f"docs/cpu.md); {flags} set otherwise")
     tc = config.train
-    if args.ema_decay is not None and tc.ema_warmup and args.minutes is None and tc.steps <= EMA.binds_from(
-            tc.ema_decay):
-        notes.append(f"the EMA reaches --ema-decay {tc.ema_decay:g} only after step {EMA.binds_from(tc.ema_decay)} "
-                     f"(its warmup, (1 + k) / (10 + k), is below it until then): in {tc.steps} steps the warmup "
-                     f"alone sets the average")
+    binds = EMA.binds_from(tc.ema_decay)
+    if args.ema_decay is not None and tc.ema_warmup and args.minutes is None and tc.steps <= binds:
+        notes.append(f"the EMA reaches --ema-decay {tc.ema_decay:g} only after step {binds} (its warmup, "
+                     f"(1 + k) / (10 + k), is below it until then): in {tc.steps} steps the warmup alone sets the "
+                     f"average")
     return notes
 
 
