@@ -1,5 +1,7 @@
 """The command line: the main job's commands work, and bad input gets one clear line (exit 2), no traceback."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -113,9 +115,10 @@ def test_minutes_takes_the_presets_short_run_recipe(tmp_path, capsys, monkeypatc
         return train_config(args, tmp_path / "run")
 
     assert SHORT_RUNS["mnist"] == {"schedule": "cosine", "min_snr_gamma": 5.0}
-    short = config("--minutes", "10").diffusion
-    assert (short.schedule, short.min_snr_gamma) == ("cosine", 5.0)
-    assert config().diffusion == PRESETS["mnist"].diffusion and PRESETS["mnist"].diffusion.schedule == "linear"
+    short = config("--minutes", "10")
+    assert (short.diffusion.schedule, short.diffusion.min_snr_gamma) == ("cosine", 5.0)
+    assert short.model == PRESETS["mnist"].model
+    assert config() == PRESETS["mnist"] and PRESETS["mnist"].diffusion.schedule == "linear"
     given = config("--minutes", "10", "--schedule", "linear", "--min-snr-gamma", "0").diffusion
     assert (given.schedule, given.min_snr_gamma) == ("linear", None)
     assert config("--minutes", "10", "--preset", "mnist-text").diffusion == PRESETS["mnist-text"].diffusion
@@ -129,6 +132,26 @@ def test_minutes_takes_the_presets_short_run_recipe(tmp_path, capsys, monkeypatc
     assert "ema_decay" not in out  # given as a flag
     saved = load_run(tmp_path / "tiny").config
     assert saved.diffusion.schedule == "cosine" and saved.train.ema_decay == 0.8
+
+
+def test_ch_sets_the_width_and_its_errors_say_what_to_give(tmp_path, capsys):
+    """--ch N makes only the network's base width N (here with --minutes's recipe); a width GroupNorm cannot split, a
+    network without a width, and a resumed run's other network are refused in one line."""
+    from ddpm.cli import build_parser
+    from ddpm.cli.train import train_config
+    from ddpm.presets import PRESETS
+
+    args = build_parser().parse_args(["train", "--ch", "16", "--minutes", "10", "--runs-dir", str(tmp_path)])
+    config = train_config(args, tmp_path / "run")
+    assert config.model == dataclasses.replace(PRESETS["mnist"].model, ch=16) and PRESETS["mnist"].model.ch == 32
+    assert config.diffusion.schedule == "cosine"
+    base = ["train", "--runs-dir", str(tmp_path), "--steps", "1"]
+    assert "num_groups=8 does not divide the channel count 12" in _error(capsys, [*base, "--ch", "12"])
+    assert "preset 'toy2d''s network (MLPConfig) has none" in _error(capsys, [*base, "--preset", "toy2d", "--ch", "16"])
+    assert main(["train", "--preset", "tiny", "--runs-dir", str(tmp_path), "--steps", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    err = _error(capsys, ["train", "--name", "tiny", "--runs-dir", str(tmp_path), "--resume", "--ch", "16"])
+    assert "different network" in err
 
 
 def test_an_ema_decay_the_warmup_never_reaches_is_said(tmp_path, capsys):

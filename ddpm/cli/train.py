@@ -88,6 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                "Improved DDPM's)")
     p.add_argument("--min-snr-gamma", type=_gamma, help="weight L_simple's terms by min(SNR_t, gamma) / SNR_t (Hang "
                                                         "et al. 2023; 5 is theirs; 0: none; default: the preset's)")
+    p.add_argument("--ch", type=positive_int, help="a new run's base channel count of the network (the U-Net's ch: "
+                                                   "level i has ch * ch_mult[i]; default: the preset's)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--sample-every", type=nonnegative_int,
                    help="write a sample grid every N steps (0: only at the end)")
@@ -105,7 +107,7 @@ def _overrides(args) -> dict:
         "compile": True if args.compile else None, "cond": args.cond,
         "cond_lr_scale": args.cond_lr_scale, "precision": args.precision,
         "autoencoder": args.autoencoder, "aug_max": args.aug_max, "clip": args.clip,
-        "schedule": args.schedule, "min_snr_gamma": args.min_snr_gamma}.items() if v is not None}
+        "schedule": args.schedule, "min_snr_gamma": args.min_snr_gamma, "ch": args.ch}.items() if v is not None}
 
 
 def _run_dir(args) -> Path:
@@ -142,6 +144,9 @@ def train_config(args, run_dir: Path) -> Config:
         if getattr(args, field) is not None and (args.resume or preset is None or not _has_field(preset, field)):
             takers = ", ".join(name for name, c in PRESETS.items() if _has_field(c, field))
             raise UsageError(f"{flag} is for a new run of a preset that has it ({takers}); a resumed run keeps its own")
+    if args.ch is not None and preset is not None and not hasattr(preset.model, "ch"):
+        raise UsageError(f"--ch is the base channel count of a U-Net or an autoencoder; preset {args.preset!r}'s "
+                         f"network ({type(preset.model).__name__}) has none")
     if not args.resume:
         return get_preset(args.preset or "mnist", **_config_values({**_short_run(args), **_overrides(args)}))
     saved = read_config(load_checkpoint(run_dir / CHECKPOINT_NAME), run_dir / CHECKPOINT_NAME)
